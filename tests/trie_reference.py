@@ -1,0 +1,36 @@
+"""A plain-Python trie: the reference the C++ index and its torch ops are checked against.
+
+A position is the tuple of tokens taken so far (None once a token leaves the catalog).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+
+class ReferenceTrie:
+    def __init__(self, seqs, item_ids=None):
+        item_ids = range(len(seqs)) if item_ids is None else item_ids
+        self.children: dict[tuple, set[int]] = defaultdict(set)
+        self.items: dict[tuple, list[int]] = defaultdict(list)
+        for seq, item in zip(seqs, item_ids):
+            seq = tuple(int(t) for t in seq)
+            for depth in range(len(seq)):
+                self.children[seq[:depth]].add(seq[depth])
+            self.items[seq].append(int(item))
+
+    def prefixes(self) -> list[tuple]:
+        """Every position reachable from the root (the root included)."""
+        found = {()}
+        for prefix, nxt in self.children.items():
+            found.add(prefix)
+            found.update(prefix + (t,) for t in nxt)
+        return sorted(found, key=lambda p: (len(p), p))
+
+    def allowed(self, prefix) -> list[int]:
+        return [] if prefix is None else sorted(self.children.get(prefix, ()))
+
+    def advance(self, prefix, token):
+        return None if prefix is None or token not in self.children.get(prefix, ()) else prefix + (token,)
+
+    def items_at(self, prefix) -> list[int]:
+        return [] if prefix is None else sorted(self.items.get(prefix, ()))
