@@ -36,6 +36,13 @@ py::array view(const std::shared_ptr<Trie>& trie, rere::Span<T> span) {
 PYBIND11_MODULE(_trie, m) {
   m.doc() = "C++ compressed-trie catalog index (see csrc/trie.h for the layout)";
   m.attr("INVALID_STATE") = rere::kInvalidState;
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const rere::IoError& e) {
+      PyErr_SetString(PyExc_OSError, e.what());
+    }
+  });
 
   py::class_<Trie, std::shared_ptr<Trie>>(m, "Trie")
       .def_static(

@@ -25,6 +25,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,12 @@ inline int64_t state_node(State s) { return s >> 32; }
 inline int64_t state_consumed(State s) { return s & 0xffffffffLL; }
 
 // A read-only view of one array; the storage belongs to the Trie (vectors or a mapped file).
+// A file could not be opened, mapped or written (OSError in Python). Bad content is
+// std::invalid_argument (ValueError).
+struct IoError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 template <class T>
 struct Span {
   const T* ptr = nullptr;

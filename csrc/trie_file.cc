@@ -88,7 +88,7 @@ void Trie::save(const std::string& path, const std::string& metadata) const {
 
   const std::string tmp = path + ".tmp-" + std::to_string(getpid());
   std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) throw std::runtime_error(os_error("cannot write index file", tmp));
+  if (!f) throw IoError(os_error("cannot write index file", tmp));
   auto write_at = [&](int64_t offset, const void* data, int64_t bytes) {
     static const char zeros[kAlign] = {};
     long pos = std::ftell(f);
@@ -106,18 +106,18 @@ void Trie::save(const std::string& path, const std::string& metadata) const {
   if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
     const std::string message = os_error("cannot write index file", path);
     std::remove(tmp.c_str());
-    throw std::runtime_error(message);
+    throw IoError(message);
   }
 }
 
 std::shared_ptr<Trie> Trie::load(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) throw std::runtime_error(os_error("cannot open index file", path));
+  if (fd < 0) throw IoError(os_error("cannot open index file", path));
   struct stat st {};
   if (fstat(fd, &st) != 0) {
     const std::string message = os_error("cannot stat index file", path);
     ::close(fd);
-    throw std::runtime_error(message);
+    throw IoError(message);
   }
   auto mapped = std::make_shared<MappedFile>();
   mapped->size = static_cast<size_t>(st.st_size);
@@ -129,7 +129,7 @@ std::shared_ptr<Trie> Trie::load(const std::string& path) {
   // numpy/torch view changes this process's copy, never the file (and never segfaults).
   void* base = mmap(nullptr, mapped->size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
   ::close(fd);
-  if (base == MAP_FAILED) throw std::runtime_error(os_error("cannot map index file", path));
+  if (base == MAP_FAILED) throw IoError(os_error("cannot map index file", path));
   mapped->base = base;
 
   Header h{};

@@ -129,8 +129,12 @@ class CatalogIndex:
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"no index file at {path}")
-        index = cls(_trie.Trie.load(path))
-        return index.to(device)
+        trie = _trie.Trie.load(path)
+        try:
+            metadata = json.loads(trie.metadata or "{}")
+        except ValueError as err:  # undecodable bytes or bad JSON
+            raise ValueError(f"{path} is corrupt: its metadata is not valid JSON ({err})") from None
+        return cls(trie, metadata=metadata).to(device)
 
     # ----------------------------------------------------------------------------- devices
     def to(self, device: torch.device | str) -> "CatalogIndex":
