@@ -1,0 +1,5 @@
+"""Benchmarks import the test helpers and the reference approach from here."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
