@@ -26,10 +26,13 @@ class BuildFailed(RuntimeError):
 
 
 def _find_cxx() -> str | None:
-    for candidate in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if candidate and shutil.which(candidate.split()[0]):
-            return candidate
-    return None
+    """$CXX if set (an error if it does not exist), else the first of c++, g++, clang++."""
+    if os.environ.get("CXX"):
+        cxx = os.environ["CXX"]
+        if not shutil.which(cxx.split()[0]):
+            raise BuildFailed(f"rere: $CXX is set to {cxx!r}, which is not an executable on PATH.")
+        return cxx
+    return next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
 
 
 class CMakeBuild(build_ext):
