@@ -1,10 +1,20 @@
 """Fixtures shared by the test suite: the real data beside the checkout, and Qwen2."""
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
+
+# Triton kernels run on the CPU through Triton's interpreter when there is no GPU. The
+# variable must be set before any kernel is defined (at import of rere.kernels modules).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Where kernel tests run: the GPU if there is one, else the CPU (Triton interpreted).
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 # The shared data lives beside the checkout, never inside it (see ../shared/data/README.md).
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -25,6 +35,16 @@ def shared_path(relative: str) -> Path:
 def shared_path_fixture() -> Callable[[str], Path]:
     """`shared_path` as a fixture, for tests that prefer not to import conftest."""
     return shared_path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need CUDA: skipped, with the reason, on machines without one."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none here); run on a GPU machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
