@@ -3,7 +3,18 @@ torch reference twin (same signature; the CPU path). `backend=None` picks Triton
 
 Installed as `rere.kernels` (setup.py maps this folder through `package_dir`).
 """
+from rere.kernels.beam_step import beam_step
 from rere.kernels.beam_topk import BeamCandidates, beam_topk
+from rere.kernels.fused_linear_selective_log_softmax import fused_linear_selective_log_softmax
+from rere.kernels.selective_log_softmax import selective_log_softmax
 from rere.kernels.trie_masked_log_softmax import AllowedScores, trie_masked_log_softmax
 
-__all__ = ["AllowedScores", "BeamCandidates", "beam_topk", "trie_masked_log_softmax"]
+__all__ = [
+    "AllowedScores",
+    "BeamCandidates",
+    "beam_step",
+    "beam_topk",
+    "fused_linear_selective_log_softmax",
+    "selective_log_softmax",
+    "trie_masked_log_softmax",
+]

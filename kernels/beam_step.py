@@ -14,8 +14,7 @@ tie-breaking (lower parent, then lower token) and the NaN/-inf semantics documen
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
+from rere.kernels.triton_compat import tl, triton
 
 from rere.index.tensors import TrieTensors
 from rere.kernels import backend as _backend

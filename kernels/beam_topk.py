@@ -15,8 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import triton
-import triton.language as tl
+from rere.kernels.triton_compat import tl, triton
 
 from rere.kernels import backend as _backend
 from rere.kernels.ranking_keys import EMPTY, KEY_LIMIT, pack, tl_pack, tl_unpack_key, tl_unpack_score, unpack
@@ -76,7 +75,15 @@ def _torch_beam_topk(beam_scores, children, k):
     if totals.numel() and int(key.max()) >= KEY_LIMIT:
         raise ValueError("a prompt has more than 2^32 - 1 candidates")
     packed = pack(totals, key)
-    # Segmented top-k without padding: best first overall, then stably grouped by prompt.
+    counts = children.offsets[beams::beams] - prompt_start
+    width = max(int(counts.max()) if n_prompts else 0, k)
+    if n_prompts * width <= 2 * packed.numel() + n_prompts * k:
+        # Prompts of similar size (the usual case): one [P, width] grid indexed by the key, and
+        # torch.topk on the packed keys, which are unique within a prompt (no ties to order).
+        grid = torch.full((n_prompts, width), EMPTY, dtype=torch.int64, device=device)
+        grid[prompt, key] = packed
+        return decode(children, beams, prompt_start, torch.topk(grid, k, dim=1).values)
+    # One prompt dwarfs the others: a segmented top-k by two sorts instead, with no padding.
     order = torch.argsort(packed, descending=True, stable=True)
     order = order[torch.argsort(prompt[order], stable=True)]
     sorted_prompt = prompt[order]

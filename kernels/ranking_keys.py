@@ -11,8 +11,7 @@ The Triton kernels use the `tl_` twins of these functions; the two must stay bit
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
+from rere.kernels.triton_compat import tl, triton
 
 EMPTY = -(2**63)
 KEY_LIMIT = 2**32 - 1  # keys must be below this

@@ -18,15 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import triton
-import triton.language as tl
+from rere.kernels.triton_compat import tl, triton
 
 from rere.index.tensors import TrieTensors, allowed as trie_allowed
 from rere.kernels import backend as _backend
 
-# Rows per chunk in the torch path, so that a bf16 -> fp32 copy of the logits stays small
-# (64 rows x 151,936 x 4 B = 39 MB).
-TORCH_ROWS_PER_CHUNK = 64
+# The torch path works on row chunks of about this many elements, in one reused fp32
+# buffer that stays in cache, instead of allocating [R, V] temporaries.
+TORCH_CHUNK_ELEMENTS = 1 << 20
 BLOCK_V = 2048
 
 
@@ -64,11 +63,18 @@ def trie_masked_log_softmax(
 
 # ----------------------------------------------------------------------------- torch twin
 def row_logsumexp(logits: torch.Tensor) -> torch.Tensor:
-    """float32 logsumexp of every row, in row chunks (bounded temporaries)."""
-    out = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
-    for start in range(0, logits.shape[0], TORCH_ROWS_PER_CHUNK):
-        chunk = logits[start:start + TORCH_ROWS_PER_CHUNK]
-        out[start:start + TORCH_ROWS_PER_CHUNK] = torch.logsumexp(chunk.float(), dim=-1)
+    """float32 logsumexp of every row (an all -inf row gives -inf, a NaN row NaN)."""
+    rows, vocab = logits.shape
+    out = torch.empty(rows, dtype=torch.float32, device=logits.device)
+    step = max(1, TORCH_CHUNK_ELEMENTS // max(vocab, 1))
+    buffer = torch.empty((min(step, rows), vocab), dtype=torch.float32, device=logits.device)
+    for start in range(0, rows, step):
+        chunk = logits[start:start + step]
+        work = buffer[:chunk.shape[0]]
+        peak = chunk.amax(dim=-1, keepdim=True).float()
+        peak = torch.where(peak == float("-inf"), 0.0, peak)
+        torch.sub(chunk, peak, out=work)
+        out[start:start + step] = peak[:, 0] + work.exp_().sum(dim=-1).log_()
     return out
 
 

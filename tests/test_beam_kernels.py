@@ -13,8 +13,7 @@ import torch
 
 from conftest import KERNEL_DEVICE
 from rere.index import CatalogIndex
-from rere.kernels import beam_topk, trie_masked_log_softmax
-from rere.kernels.beam_step import beam_step
+from rere.kernels import beam_step, beam_topk, trie_masked_log_softmax
 from rere.synthetic import title_like_catalog
 
 BACKENDS = [("torch", "cpu"), ("triton", KERNEL_DEVICE)]
@@ -195,3 +194,43 @@ def test_fan_out_extremes(op, backend, device):
     assert math.isclose(pairs[(2, vocab - 1)], -1.0 + float(logp[2, vocab - 1]), rel_tol=1e-5)
     assert sum(parent == 0 for parent, _ in pairs) == 3  # then the root's best children
     assert not any(parent == 3 for parent, _ in pairs)  # the invalid beam has no candidates
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("backend, device", BACKENDS)
+def test_uneven_prompts(op, backend, device):
+    """One prompt with thousands of candidates beside prompts with one or none (the torch
+    twin switches from its padded grid to a sort-based segmented top-k here)."""
+    vocab = 5_000
+    index = CatalogIndex.from_sequences([[t, vocab - 1] for t in range(4_000)] + [[4_500, 4_501, vocab - 1]],
+                                        vocab_size=vocab)
+    inside = index.advance(index.root_states(1), [4_500])
+    states = torch.cat([index.root_states(2), inside, inside, torch.full((4,), CatalogIndex.INVALID)])
+    logits = torch.randn(8, vocab, generator=torch.Generator().manual_seed(2))
+    beam_scores = -torch.rand(4, 2, generator=torch.Generator().manual_seed(3))
+    got = _cpu(OPS[op](logits.to(device), states.to(device), beam_scores.to(device), index.to(device).tensors, 4, backend))
+    check_candidates(got, reference_candidates(logits, states, beam_scores, index), 4, 1e-5)
+    assert got.parents[3].tolist() == [-1] * 4  # no candidates at all
+
+
+@pytest.mark.gpu
+def test_fused_step_on_gpu_is_sync_free_and_matches_torch_at_full_size():
+    """R = 256, V = 151,936 over a 100k-item catalog: the fused Triton step equals the torch
+    twin, and runs without a single host synchronisation."""
+    tokens, offsets = title_like_catalog(100_000)
+    index = CatalogIndex.from_flat(tokens, offsets, vocab_size=151_936)
+    gpu = index.to("cuda")
+    states = random_states(index, 256, seed=7).cuda()
+    logits = torch.randn(256, 151_936, device="cuda", dtype=torch.bfloat16)
+    beam_scores = -torch.rand(16, 16, device="cuda") * 3
+    want = beam_step(logits, states, beam_scores, gpu.tensors, 32, backend="torch")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = beam_step(logits, states, beam_scores, gpu.tensors, 32, backend="triton")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(got.parents, want.parents) and torch.equal(got.tokens, want.tokens)
+    assert torch.equal(got.next_states, want.next_states)
+    assert torch.allclose(got.scores, want.scores, atol=1e-5)
+    assert torch.allclose(got.token_scores, want.token_scores, atol=1e-5)

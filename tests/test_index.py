@@ -1,6 +1,8 @@
 """The C++ catalog index and its torch twin against a plain-Python trie."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -13,10 +15,11 @@ from trie_reference import ReferenceTrie
 
 
 class TorchBackend:
-    """The torch ops over the exported tensors, with CatalogIndex's query signatures."""
+    """The torch ops over the exported tensors (the device path, without the C++ shortcut the
+    CPU tensors carry), with CatalogIndex's query signatures."""
 
     def __init__(self, index: CatalogIndex):
-        self.t = index.tensors
+        self.t = dataclasses.replace(index.tensors, native=None)
 
     def allowed(self, states, with_next_states=False):
         offsets, tokens, nxt = ops.allowed(self.t, torch.as_tensor(states), with_next_states)

@@ -8,6 +8,7 @@ never returns to the host for them.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import warnings
@@ -55,6 +56,7 @@ class CatalogIndex:
         self.metadata = metadata if metadata is not None else json.loads(trie.metadata or "{}")
         """Free-form facts saved with the index (tokenizer, template, ...)."""
         self._tensors: TrieTensors | None = None
+        self._on_devices: dict[torch.device, CatalogIndex] = {self.device: self}
 
     # ----------------------------------------------------------------------------- building
     @classmethod
@@ -138,11 +140,18 @@ class CatalogIndex:
 
     # ----------------------------------------------------------------------------- devices
     def to(self, device: torch.device | str) -> "CatalogIndex":
-        """The same index with its queries answered on `device` (arrays copied there once)."""
-        index = CatalogIndex(self._trie, device, self.metadata)
-        if index.device.type != "cpu":
-            index._tensors = self.tensors.to(index.device)
-        return index
+        """The same index with its queries answered on `device`; the arrays are copied there
+        once and the copy is kept, so calling this every batch costs nothing."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if device not in self._on_devices:
+            index = CatalogIndex(self._trie, device, self.metadata)
+            if device.type != "cpu":
+                index._tensors = self.tensors.to(device)
+            index._on_devices = self._on_devices  # every copy knows the others
+            self._on_devices[device] = index
+        return self._on_devices[device]
 
     @property
     def tensors(self) -> TrieTensors:
@@ -153,6 +162,7 @@ class CatalogIndex:
             self._tensors = TrieTensors(
                 **{name: _to_torch(a, self.device) for name, a in arrays.items()},
                 max_children=int(counts.max()) if counts.size else 0,
+                native=self._trie if self.device.type == "cpu" else None,
             )
         return self._tensors
 
@@ -192,6 +202,11 @@ class CatalogIndex:
     @property
     def num_items(self) -> int:
         return int(self._trie.num_items)
+
+    @functools.cached_property
+    def max_depth(self) -> int:
+        """Tokens in the longest catalog sequence."""
+        return int(self._trie.stats()["max_depth"])
 
     @property
     def vocab_size(self) -> int:

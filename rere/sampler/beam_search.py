@@ -1,0 +1,239 @@
+"""Constrained beam search over a catalog, with Hugging Face's beam-search semantics.
+
+`beam_search` returns what `model.generate(num_beams=G, num_return_sequences=G,
+length_penalty=lp)` returns under an exact prefix constraint to the catalog (same items,
+order and scores), computed differently:
+
+- each prompt is prefilled once and its cache rows expanded to the G beams, instead of
+  prefilling G copies (HF expands the batch before the prefill);
+- the cache is preallocated and reordered by copying only the rows that move
+  (`BeamKVCache`);
+- every step is one call of `rere.kernels.beam_step` on the trie's device tensors:
+  log-softmax over the full vocabulary, the trie's allowed children, and the per-prompt
+  top-2G, with no `[R, V]` mask and (on a GPU) no host synchronisation.
+
+The selection rules are HF's (transformers 5.x `_beam_search`): of the top 2G candidates,
+EOS candidates ranked in the first G join the finished pool (score / len**length_penalty);
+the best G others keep running; a prompt stops once its pool is full and its best running
+beam cannot beat the pool's worst (HF's `early_stopping=False` heuristic), after which its
+pool is frozen. Where HF would keep padding beams with scores near -1e9 (fewer valid
+continuations than beams), rere keeps empty slots: the valid results are the same.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rere.index import CatalogIndex
+from rere.kernels import beam_step, beam_topk, trie_masked_log_softmax
+from rere.sampler.exclusion import ExcludedItems
+from rere.sampler.kv_cache import BeamKVCache
+
+
+@dataclass
+class BeamSearchOutput:
+    """Per prompt p and beam rank g (best first). Empty slots have length 0, score -inf and
+    item -1."""
+
+    sequences: torch.Tensor  # int64 [P, G, T]: completion tokens, `pad_token_id` after the end
+    lengths: torch.Tensor  # int64 [P, G]
+    scores: torch.Tensor  # float32 [P, G]: sum of log-probs / length**length_penalty (HF)
+    token_logprobs: torch.Tensor  # float32 [P, G, T]: log-prob of each token, 0 after the end
+    item_ids: torch.Tensor  # int64 [P, G]: the (first) catalog item the completion names
+    item_offsets: torch.Tensor  # int64 [P*G + 1]: CSR over slots p*G+g of ...
+    item_values: torch.Tensor  # int64: ... every item the completion names (duplicates)
+
+    def items(self, prompt: int, rank: int) -> list[int]:
+        """Every item named by the completion at (prompt, rank): one, or several for an
+        identifier that several catalog items share; [] for an empty slot."""
+        slot = prompt * self.lengths.shape[1] + rank
+        return self.item_values[self.item_offsets[slot]:self.item_offsets[slot + 1]].tolist()
+
+    @property
+    def valid(self) -> torch.Tensor:
+        return self.lengths > 0
+
+
+def beam_search(
+    model,
+    index: CatalogIndex,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    num_beams: int = 16,
+    length_penalty: float = 0.0,
+    max_new_tokens: int | None = None,
+    exclude_items=None,
+    *,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+    backend: str | None = None,
+) -> BeamSearchOutput:
+    """Constrained beam search: the `num_beams` best catalog items per prompt.
+
+    Args:
+        model: a causal LM taking `past_key_values` (any `AutoModelForCausalLM`).
+        index: the catalog index, its sequences ending with EOS.
+        input_ids, attention_mask: `[P, L]` prompts, left-padded.
+        max_new_tokens: default, the longest catalog sequence.
+        exclude_items: per prompt, item ids never to return (a list of P lists, or an
+            `ExcludedItems`); whole subtrees whose items are all excluded are cut from the walk.
+        eos_token_id: default, the index's (from `from_catalog`) or the model's.
+        backend: kernels backend (`None`: Triton on CUDA, torch elsewhere).
+    """
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [prompts, length], got shape {tuple(input_ids.shape)}")
+    n_prompts, prompt_len = input_ids.shape
+    device = input_ids.device
+    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
+    eos = _eos_token_id(eos_token_id, index, model)
+    pad = eos if pad_token_id is None else pad_token_id
+    beams = num_beams
+    index = index.to(device)
+    trie = index.tensors
+    max_new = max_new_tokens or index.max_depth
+    excluded = ExcludedItems.build(index, exclude_items, n_prompts) if exclude_items is not None else None
+
+    def step(logits, states, scores):
+        if excluded is None:
+            return beam_step(logits, states, scores, trie, 2 * beams, backend=backend)
+        children = trie_masked_log_softmax(logits, states, trie, backend=backend)
+        children = excluded.mask(children, scores.shape[1])
+        return beam_topk(scores, children, 2 * beams, backend=backend)
+
+    text_config = model.config.get_text_config()
+    cache = BeamKVCache(text_config.num_hidden_layers, capacity=prompt_len + max_new)
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                past_key_values=cache, use_cache=True, logits_to_keep=1)
+    if out.logits.shape[-1] < index.vocab_size:
+        raise ValueError(f"the model has {out.logits.shape[-1]} logits but the index has vocab_size {index.vocab_size}")
+    search = _Search(n_prompts, beams, max_new, length_penalty, eos, device)
+    candidates = step(out.logits[:, -1], index.root_states(n_prompts), torch.zeros(n_prompts, 1, device=device))
+    parents = search.advance(candidates, t=0)
+    cache.expand(beams)  # every beam of a prompt starts from the prompt's one row
+    mask = attention_mask.repeat_interleave(beams, dim=0)
+    next_position = positions[:, -1].repeat_interleave(beams) + 1
+
+    for t in range(1, max_new):
+        if search.finished():
+            break
+        tokens = search.last_tokens().reshape(-1, 1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = model(input_ids=tokens, attention_mask=mask, position_ids=next_position[:, None],
+                    past_key_values=cache, use_cache=True)
+        next_position += 1
+        candidates = step(out.logits[:, -1], search.running_states.reshape(-1), search.running_scores)
+        parents = search.advance(candidates, t)
+        cache.reorder((parents + torch.arange(n_prompts, device=device)[:, None] * beams).reshape(-1))
+    return search.output(index, pad, excluded)
+
+
+def _eos_token_id(eos_token_id, index, model) -> int:
+    for candidate in (eos_token_id, index.metadata.get("eos_token_id"),
+                      getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if isinstance(candidate, (list, tuple)):
+            candidate = candidate[0] if candidate else None
+        if candidate is not None:
+            return int(candidate)
+    raise ValueError("no eos_token_id: pass one (the token that ends every catalog sequence)")
+
+
+class _Search:
+    """Running beams and the finished pool of every prompt, updated by HF's rules."""
+
+    def __init__(self, n_prompts, beams, max_new, length_penalty, eos, device):
+        self.beams, self.max_new, self.length_penalty, self.eos = beams, max_new, length_penalty, eos
+        shape = (n_prompts, beams)
+        self.running_states = torch.full(shape, CatalogIndex.INVALID, dtype=torch.int64, device=device)
+        self.running_scores = torch.full(shape, float("-inf"), device=device)
+        self.running_tokens = torch.zeros(shape + (max_new,), dtype=torch.int64, device=device)
+        self.running_logprobs = torch.zeros(shape + (max_new,), device=device)
+        self.pool_scores = torch.full(shape, float("-inf"), device=device)
+        self.pool_states = torch.full(shape, CatalogIndex.INVALID, dtype=torch.int64, device=device)
+        self.pool_lengths = torch.zeros(shape, dtype=torch.int64, device=device)
+        self.pool_tokens = torch.zeros(shape + (max_new,), dtype=torch.int64, device=device)
+        self.pool_logprobs = torch.zeros(shape + (max_new,), device=device)
+        self.done = torch.zeros(n_prompts, dtype=torch.bool, device=device)
+
+    def finished(self) -> bool:
+        return bool(self.done.all())  # one host sync per step, to stop early
+
+    def last_tokens(self) -> torch.Tensor:
+        return self.running_tokens[:, :, self.step]
+
+    def advance(self, c, t: int) -> torch.Tensor:
+        """Apply the step-t candidates `c` ([P, 2G], best first); returns each new running
+        beam's parent (its own index for an empty slot)."""
+        self.step = t
+        beams = self.beams
+        valid = (c.parents >= 0) & torch.isfinite(c.scores)
+        parent = c.parents.clamp(min=0)
+        tokens = _gather_beams(self.running_tokens, parent)
+        logprobs = _gather_beams(self.running_logprobs, parent)
+        tokens[:, :, t] = c.tokens.clamp(min=0)
+        logprobs[:, :, t] = c.token_scores
+        hits = valid & ((c.tokens == self.eos) | (t == self.max_new - 1))
+        top = torch.arange(c.scores.shape[1], device=c.scores.device) < beams
+
+        # Finished pool: EOS among the first G candidates, unless the prompt stopped already.
+        joins = hits & top & ~self.done[:, None]
+        new_scores = torch.where(joins, c.scores / float(t + 1) ** self.length_penalty, float("-inf"))
+        merged = torch.cat([self.pool_scores, new_scores], dim=1)
+        keep = torch.sort(merged, dim=1, descending=True, stable=True).indices[:, :beams]
+        self.pool_scores = merged.gather(1, keep)
+        take = lambda old, new: _gather_beams(torch.cat([old, new], dim=1), keep)  # noqa: E731
+        self.pool_tokens = take(self.pool_tokens, tokens)
+        self.pool_logprobs = take(self.pool_logprobs, logprobs)
+        self.pool_states = take(self.pool_states, c.next_states)
+        self.pool_lengths = take(self.pool_lengths, torch.full_like(c.parents, t + 1))
+
+        # Running beams: the best G candidates that did not stop, in order. Candidates that
+        # do not run are scattered to a spare column G and dropped (no boolean indexing, so
+        # no host synchronisation on a GPU).
+        go_on = valid & ~hits
+        slot = torch.cumsum(go_on.long(), dim=1) - 1
+        dest = torch.where(go_on & (slot < beams), slot, beams)
+        spread = lambda fill, values: torch.full(  # noqa: E731
+            (dest.shape[0], beams + 1), fill, dtype=values.dtype, device=dest.device).scatter(1, dest, values)[:, :beams]
+        self.running_scores = spread(float("-inf"), torch.where(go_on, c.scores, float("-inf")))
+        self.running_states = spread(CatalogIndex.INVALID, c.next_states)
+        source = spread(0, torch.arange(dest.shape[1], device=dest.device).expand_as(dest).contiguous())
+        filled = torch.isfinite(self.running_scores)
+        new_parent = torch.where(filled, parent.gather(1, source), torch.arange(beams, device=dest.device))
+        self.running_states = torch.where(filled, self.running_states, CatalogIndex.INVALID)
+        self.running_tokens = _gather_beams(tokens, source)
+        self.running_logprobs = _gather_beams(logprobs, source)
+
+        # HF's early-stopping heuristic (early_stopping=False): a prompt is done once its
+        # pool is full and its best running beam cannot beat the pool's worst.
+        best_running = self.running_scores[:, 0] / float(t + 1) ** self.length_penalty
+        pool_full = torch.isfinite(self.pool_scores).all(dim=1)
+        worst = torch.where(pool_full, self.pool_scores.min(dim=1).values, float("-inf"))
+        can_improve = torch.isfinite(self.running_scores[:, 0]) & (best_running > worst)
+        self.done |= ~can_improve
+        stopped = self.done[:, None]  # stopped prompts run no more beams
+        self.running_scores = torch.where(stopped, float("-inf"), self.running_scores)
+        self.running_states = torch.where(stopped, CatalogIndex.INVALID, self.running_states)
+        return new_parent
+
+    def output(self, index: CatalogIndex, pad: int, excluded) -> BeamSearchOutput:
+        lengths = self.pool_lengths
+        positions = torch.arange(self.max_new, device=lengths.device)
+        inside = positions < lengths[:, :, None]
+        sequences = torch.where(inside, self.pool_tokens, pad)
+        logprobs = torch.where(inside, self.pool_logprobs, 0.0)
+        item_offsets, item_values = index.items_at(self.pool_states.reshape(-1))
+        if excluded is not None:
+            item_offsets, item_values = excluded.drop_from(item_offsets, item_values, self.beams)
+        first = torch.full((lengths.numel(),), -1, dtype=torch.int64, device=lengths.device)
+        named = item_offsets.diff() > 0
+        first[named] = item_values[item_offsets[:-1][named]]
+        return BeamSearchOutput(sequences, lengths, self.pool_scores, logprobs, first.reshape(lengths.shape),
+                                item_offsets, item_values)
+
+
+def _gather_beams(tensor: torch.Tensor, beam: torch.Tensor) -> torch.Tensor:
+    """tensor[p, beam[p, j], ...] for every p, j."""
+    index = beam.reshape(beam.shape + (1,) * (tensor.dim() - 2)).expand(beam.shape + tensor.shape[2:])
+    return tensor.gather(1, index)

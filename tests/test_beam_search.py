@@ -1,0 +1,172 @@
+"""rere.sampler.beam_search against Hugging Face generate with an exact prefix constraint."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from rere.index import CatalogIndex
+from rere.sampler import beam_search
+from rere.sampler.kv_cache import BeamKVCache
+from tiny_models import ARCHITECTURES, tiny_model
+
+VOCAB, EOS, PAD = 120, 119, 0
+
+
+class PrefixDictProcessor(LogitsProcessor):
+    """The reference way: a dict from each completion prefix to its allowed next tokens,
+    looked up one beam at a time (independent of rere's trie)."""
+
+    def __init__(self, seqs, prompt_len):
+        self.allowed, self.prompt_len = {}, prompt_len
+        for seq in seqs:
+            for d in range(len(seq)):
+                self.allowed.setdefault(tuple(seq[:d]), set()).add(seq[d])
+
+    def __call__(self, input_ids, scores):
+        mask = torch.full_like(scores, float("-inf"))
+        for row, ids in enumerate(input_ids[:, self.prompt_len:].tolist()):
+            mask[row, sorted(self.allowed.get(tuple(ids), ()))] = 0.0
+        return scores + mask
+
+
+def catalog(n_items, seed, max_len=6, alphabet=30):
+    rng = np.random.default_rng(seed)
+    seqs = {tuple(rng.integers(1, alphabet, size=rng.integers(1, max_len)).tolist()) + (EOS,) for _ in range(n_items)}
+    return [list(s) for s in sorted(seqs)]
+
+
+def prompts(n, seed, lengths=(3, 9)):
+    rng = np.random.default_rng(seed)
+    rows = [rng.integers(1, VOCAB - 1, size=rng.integers(*lengths)).tolist() for _ in range(n)]
+    width = max(map(len, rows))
+    ids = torch.tensor([[PAD] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask
+
+
+def hf_beams(model, seqs, ids, mask, beams, length_penalty, max_new):
+    out = model.generate(ids, attention_mask=mask, num_beams=beams, num_return_sequences=beams,
+                         length_penalty=length_penalty, max_new_tokens=max_new, do_sample=False,
+                         early_stopping=False, eos_token_id=EOS, pad_token_id=PAD,
+                         logits_processor=LogitsProcessorList([PrefixDictProcessor(seqs, ids.shape[1])]),
+                         output_scores=True, return_dict_in_generate=True)
+    completions = out.sequences[:, ids.shape[1]:].reshape(ids.shape[0], beams, -1)
+    return completions, out.sequences_scores.reshape(ids.shape[0], beams)
+
+
+def completion(tokens):
+    """Tokens up to and including the first EOS."""
+    tokens = list(tokens)
+    return tuple(tokens[:tokens.index(EOS) + 1]) if EOS in tokens else tuple(tokens)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("beams, length_penalty, n_items", [(4, 0.0, 60), (8, 0.0, 200), (6, 1.0, 120), (5, -0.5, 80)])
+def test_matches_hf_generate(arch, beams, length_penalty, n_items):
+    model = tiny_model(arch, VOCAB, seed=beams)
+    seqs = catalog(n_items, seed=n_items)
+    index = CatalogIndex.from_sequences(seqs, vocab_size=VOCAB)
+    ids, mask = prompts(3, seed=beams)
+    max_new = index.max_depth
+    want_tokens, want_scores = hf_beams(model, seqs, ids, mask, beams, length_penalty, max_new)
+    with torch.no_grad():
+        got = beam_search(model, index, ids, mask, num_beams=beams, length_penalty=length_penalty, eos_token_id=EOS)
+    item_of = {tuple(s): i for i, s in enumerate(seqs)}
+    for p in range(ids.shape[0]):
+        hf = [completion(t) for t in want_tokens[p].tolist()]
+        ours = [tuple(got.sequences[p, g, :got.lengths[p, g]].tolist()) for g in range(beams)]
+        assert ours == hf, f"prompt {p}"
+        assert torch.allclose(got.scores[p], want_scores[p], atol=1e-4)
+        assert got.item_ids[p].tolist() == [item_of[s] for s in ours]
+        # per-token log-probs add up to the score (length_penalty divides the sum)
+        summed = got.token_logprobs[p].sum(-1) / got.lengths[p].float() ** length_penalty
+        assert torch.allclose(summed, got.scores[p], atol=1e-4)
+
+
+def test_fewer_items_than_beams():
+    model = tiny_model("llama", VOCAB)
+    seqs = [[5, 6, EOS], [5, 7, EOS], [9, EOS]]
+    index = CatalogIndex.from_sequences(seqs, vocab_size=VOCAB)
+    ids, mask = prompts(2, seed=1)
+    with torch.no_grad():
+        got = beam_search(model, index, ids, mask, num_beams=5, eos_token_id=EOS)
+    for p in range(2):
+        assert sorted(got.item_ids[p, :3].tolist()) == [0, 1, 2]
+        assert got.item_ids[p, 3:].tolist() == [-1, -1] and got.lengths[p, 3:].tolist() == [0, 0]
+        assert torch.isneginf(got.scores[p, 3:]).all()
+
+
+def test_duplicate_identifiers_name_every_item():
+    model = tiny_model("qwen2", VOCAB)
+    seqs = [[5, 6, EOS], [5, 6, EOS], [7, EOS]]
+    index = CatalogIndex.from_sequences(seqs, [10, 11, 12], vocab_size=VOCAB)
+    ids, mask = prompts(1, seed=2)
+    with torch.no_grad():
+        got = beam_search(model, index, ids, mask, num_beams=2, eos_token_id=EOS)
+    named = {tuple(got.items(0, g)) for g in range(2)}
+    assert named == {(10, 11), (12,)}
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_excluded_items_never_appear_and_the_rest_is_hf_on_the_smaller_catalog(arch):
+    model = tiny_model(arch, VOCAB, seed=3)
+    seqs = catalog(150, seed=4)
+    index = CatalogIndex.from_sequences(seqs, vocab_size=VOCAB)
+    ids, mask = prompts(2, seed=5)
+    with torch.no_grad():
+        plain = beam_search(model, index, ids, mask, num_beams=6, eos_token_id=EOS)
+    # Exclude each prompt's top 3 items: the search must return the next best ones, exactly
+    # as HF would on a catalog without them.
+    exclude = [plain.item_ids[p, :3].tolist() for p in range(2)]
+    with torch.no_grad():
+        got = beam_search(model, index, ids, mask, num_beams=6, eos_token_id=EOS, exclude_items=exclude)
+    for p in range(2):
+        assert not set(got.item_ids[p].tolist()) & set(exclude[p])
+        kept = [s for i, s in enumerate(seqs) if i not in exclude[p]]
+        want, want_scores = hf_beams(model, kept, ids[p:p + 1], mask[p:p + 1], 6, 0.0, index.max_depth)
+        ours = [tuple(got.sequences[p, g, :got.lengths[p, g]].tolist()) for g in range(6)]
+        assert ours == [completion(t) for t in want[0].tolist()]
+        assert torch.allclose(got.scores[p], want_scores[0], atol=1e-4)
+
+
+def test_exclude_items_errors():
+    model = tiny_model("llama", VOCAB)
+    index = CatalogIndex.from_sequences([[5, EOS], [6, EOS]], vocab_size=VOCAB)
+    ids, mask = prompts(2, seed=1)
+    with pytest.raises(ValueError, match="exclude_items has 1 entries for 2 prompts"):
+        beam_search(model, index, ids, mask, num_beams=2, eos_token_id=EOS, exclude_items=[[0]])
+    with pytest.raises(ValueError, match=r"exclude_items\[1\] names item 7, which is not in the index"):
+        beam_search(model, index, ids, mask, num_beams=2, eos_token_id=EOS, exclude_items=[[0], [7]])
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_kv_cache_reuse_gives_the_logits_of_a_full_recompute(arch):
+    """Prefill once, expand to beams, append tokens and reorder rows: every row's logits equal
+    a from-scratch forward over its own (prompt + tokens)."""
+    model = tiny_model(arch, VOCAB, seed=7)
+    ids, mask = prompts(2, seed=8)
+    beams, steps = 3, 4
+    cache = BeamKVCache(model.config.num_hidden_layers, capacity=ids.shape[1] + steps)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+        cache.expand(beams)
+        rows = [ids[r // beams][mask[r // beams].bool()].tolist() for r in range(2 * beams)]
+        full_mask = mask.repeat_interleave(beams, 0)
+        rng = np.random.default_rng(0)
+        for step in range(steps):
+            parents = torch.tensor([p * beams + int(rng.integers(beams)) for p in range(2) for _ in range(beams)])
+            if step:
+                cache.reorder(parents)
+                rows = [list(rows[int(parents[r])]) for r in range(len(rows))]
+            tokens = torch.tensor(rng.integers(1, VOCAB, size=(2 * beams, 1)))
+            full_mask = torch.cat([full_mask, torch.ones(2 * beams, 1, dtype=full_mask.dtype)], 1)
+            position = torch.tensor([[len(r)] for r in rows])
+            logits = model(input_ids=tokens, attention_mask=full_mask, position_ids=position, past_key_values=cache,
+                           use_cache=True).logits[:, -1]
+            for r in range(2 * beams):
+                rows[r].append(int(tokens[r]))
+                fresh = model(input_ids=torch.tensor([rows[r]])).logits[0, -1]
+                assert torch.allclose(logits[r], fresh, atol=1e-4), (step, r)
