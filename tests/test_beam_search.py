@@ -56,10 +56,10 @@ def hf_beams(model, seqs, ids, mask, beams, length_penalty, max_new):
     return completions, out.sequences_scores.reshape(ids.shape[0], beams)
 
 
-def completion(tokens):
+def completion(tokens, eos=EOS):
     """Tokens up to and including the first EOS."""
     tokens = list(tokens)
-    return tuple(tokens[:tokens.index(EOS) + 1]) if EOS in tokens else tuple(tokens)
+    return tuple(tokens[:tokens.index(eos) + 1]) if eos in tokens else tuple(tokens)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
