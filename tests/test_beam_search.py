@@ -170,3 +170,48 @@ def test_kv_cache_reuse_gives_the_logits_of_a_full_recompute(arch):
                 rows[r].append(int(tokens[r]))
                 fresh = model(input_ids=torch.tensor([rows[r]])).logits[0, -1]
                 assert torch.allclose(logits[r], fresh, atol=1e-4), (step, r)
+
+
+def test_never_checking_for_the_end_changes_nothing():
+    """stop_check_every=0 (the sync-free mode for GPUs) runs every step; results are equal."""
+    model = tiny_model("llama", VOCAB, seed=9)
+    index = CatalogIndex.from_sequences(catalog(80, seed=9), vocab_size=VOCAB)
+    ids, mask = prompts(2, seed=9)
+    with torch.no_grad():
+        a = beam_search(model, index, ids, mask, num_beams=4, eos_token_id=EOS)
+        b = beam_search(model, index, ids, mask, num_beams=4, eos_token_id=EOS, stop_check_every=0)
+    for field in ("sequences", "lengths", "item_ids"):
+        assert torch.equal(getattr(a, field), getattr(b, field))
+    assert torch.equal(a.scores, b.scores)
+
+
+@pytest.mark.gpu
+def test_decode_loop_is_sync_free_on_gpu(monkeypatch):
+    """With stop_check_every=0 nothing in rere's part of the decode loop synchronises with
+    the host. The model's own forward and the final item lookup (after the loop) are
+    excluded from the check."""
+    import rere.sampler.beam_search as bs
+
+    def unchecked(fn):
+        def call(*args, **kwargs):
+            torch.cuda.set_sync_debug_mode("default")
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode("error")
+        return call
+
+    model = tiny_model("qwen2", VOCAB, seed=1).cuda()
+    model.forward = unchecked(model.forward)
+    monkeypatch.setattr(bs._Search, "output", unchecked(bs._Search.output))
+    index = CatalogIndex.from_sequences(catalog(100, seed=1), vocab_size=VOCAB)
+    index.to("cuda")  # copy the trie once, outside the check
+    ids, mask = prompts(2, seed=1)
+    ids, mask = ids.cuda(), mask.cuda()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.no_grad():
+            out = beam_search(model, index, ids, mask, num_beams=4, eos_token_id=EOS, stop_check_every=0)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert out.valid.all()
