@@ -18,7 +18,7 @@ import torch
 from rere.kernels.triton_compat import tl, triton
 
 from rere.kernels import backend as _backend
-from rere.kernels.ranking_keys import EMPTY, KEY_LIMIT, pack, tl_pack, tl_unpack_key, tl_unpack_score, unpack
+from rere.kernels.ranking_keys import EMPTY, KEY_LIMIT, pack, tl_pack, unpack
 from rere.kernels.trie_masked_log_softmax import AllowedScores
 
 MAX_TRITON_K = 128  # the running top-k lives in registers

@@ -9,7 +9,7 @@ from rere.catalog import Catalog
 from rere.index import CatalogIndex
 from rere.sampler import beam_search
 from rere.synthetic import title_like_catalog
-from test_beam_search import PrefixDictProcessor, completion
+from sampler_fixtures import PrefixDictProcessor, completion
 from tiny_models import tiny_model
 from transformers import LogitsProcessorList
 

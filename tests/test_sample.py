@@ -11,28 +11,12 @@ from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsW
 
 from rere.index import CatalogIndex
 from rere.sampler.sampling import SampleOutput, filter_top_k_top_p, sample
+from sampler_fixtures import EOS, PAD, VOCAB, catalog, prompts
 from tiny_models import ARCHITECTURES, tiny_model
 
-VOCAB, EOS, PAD = 120, 119, 0
 
 # A small catalog with shared prefixes (several renormalised steps) and different lengths.
 SMALL = [[5, 6, EOS], [5, 7, 8, EOS], [5, 7, 9, EOS], [10, EOS], [11, 12, EOS]]
-
-
-def catalog(n_items, seed, max_len=6, alphabet=30):
-    rng = np.random.default_rng(seed)
-    seqs = {tuple(rng.integers(1, alphabet, size=rng.integers(1, max_len)).tolist()) + (EOS,) for _ in range(n_items)}
-    return [list(s) for s in sorted(seqs)]
-
-
-def prompts(n, seed, lengths=(3, 9)):
-    """Left-padded prompts of different lengths."""
-    rng = np.random.default_rng(seed)
-    rows = [rng.integers(1, VOCAB - 1, size=rng.integers(*lengths)).tolist() for _ in range(n)]
-    width = max(map(len, rows))
-    ids = torch.tensor([[PAD] * (width - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-    return ids, mask
 
 
 def unpadded(ids, mask, p):

@@ -8,56 +8,18 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerFast
+from transformers import LogitsProcessorList, PreTrainedTokenizerFast
 
 from rere.index import CatalogIndex
 from rere.sampler import beam_search
 from rere.sampler.hf import TrieLogitsProcessor, final_token
 from rere.sampler.trl import Group, make_rollout_func, plan_groups
+from sampler_fixtures import EOS, PAD, VOCAB, PrefixDictProcessor, catalog, completion, prompts
 from tiny_models import ARCHITECTURES, tiny_model
 
-VOCAB, EOS, PAD = 120, 119, 0
 
 
 # ------------------------------------------------------------------------------ helpers
-class PrefixDictProcessor(LogitsProcessor):
-    """The reference way (as in test_beam_search.py): a dict from each completion prefix to
-    its allowed next tokens, looked up one row at a time."""
-
-    def __init__(self, seqs, prompt_len):
-        self.allowed, self.prompt_len = {}, prompt_len
-        for seq in seqs:
-            for d in range(len(seq)):
-                self.allowed.setdefault(tuple(seq[:d]), set()).add(seq[d])
-
-    def __call__(self, input_ids, scores):
-        mask = torch.full_like(scores, float("-inf"))
-        for row, ids in enumerate(input_ids[:, self.prompt_len:].tolist()):
-            mask[row, sorted(self.allowed.get(tuple(ids), ()))] = 0.0
-        return scores + mask
-
-
-def catalog(n_items, seed, max_len=6, alphabet=30):
-    rng = np.random.default_rng(seed)
-    seqs = {tuple(rng.integers(1, alphabet, size=rng.integers(1, max_len)).tolist()) + (EOS,) for _ in range(n_items)}
-    return [list(s) for s in sorted(seqs)]
-
-
-def prompts(n, seed, lengths=(3, 9)):
-    rng = np.random.default_rng(seed)
-    rows = [rng.integers(1, VOCAB - 1, size=rng.integers(*lengths)).tolist() for _ in range(n)]
-    width = max(map(len, rows))
-    ids = torch.tensor([[PAD] * (width - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-    return ids, mask
-
-
-def completion(tokens):
-    """Tokens up to and including the first EOS."""
-    tokens = list(tokens)
-    return tuple(tokens[:tokens.index(EOS) + 1]) if EOS in tokens else tuple(tokens)
-
-
 def generate_beams(model, processor, ids, mask, beams, max_new, length_penalty=0.0):
     out = model.generate(ids, attention_mask=mask, num_beams=beams, num_return_sequences=beams,
                          length_penalty=length_penalty, max_new_tokens=max_new, do_sample=False,

@@ -28,7 +28,7 @@ import torch
 from rere.index import CatalogIndex
 from rere.kernels import beam_step, beam_topk, trie_masked_log_softmax
 from rere.sampler.exclusion import ExcludedItems
-from rere.sampler.kv_cache import BeamKVCache
+from rere.sampler.kv_cache import PromptDecoder
 
 
 @dataclass
@@ -88,7 +88,7 @@ def beam_search(
     """
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [prompts, length], got shape {tuple(input_ids.shape)}")
-    n_prompts, prompt_len = input_ids.shape
+    n_prompts = input_ids.shape[0]
     device = input_ids.device
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
     eos = _eos_token_id(eos_token_id, index, model)
@@ -106,33 +106,21 @@ def beam_search(
         children = excluded.mask(children, scores.shape[1])
         return beam_topk(scores, children, 2 * beams, backend=backend)
 
-    text_config = model.config.get_text_config()
-    cache = BeamKVCache(text_config.num_hidden_layers, capacity=prompt_len + max_new)
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
-    if out.logits.shape[-1] < index.vocab_size:
-        raise ValueError(f"the model has {out.logits.shape[-1]} logits but the index has vocab_size {index.vocab_size}")
+    decoder = PromptDecoder(model, input_ids, attention_mask, max_new, index.vocab_size)
     search = _Search(n_prompts, beams, max_new, length_penalty, eos, device)
-    candidates = step(out.logits[:, -1], index.root_states(n_prompts), torch.zeros(n_prompts, 1, device=device))
-    parents = search.advance(candidates, t=0)
-    cache.expand(beams)  # every beam of a prompt starts from the prompt's one row
-    mask = attention_mask.repeat_interleave(beams, dim=0)
-    next_position = positions[:, -1].repeat_interleave(beams) + 1
+    candidates = step(decoder.prompt_logits, index.root_states(n_prompts), torch.zeros(n_prompts, 1, device=device))
+    search.advance(candidates, t=0)
+    decoder.expand(beams)  # every beam of a prompt starts from the prompt's one row
 
     if stop_check_every is None:
         stop_check_every = 1 if device.type == "cpu" else 4
     for t in range(1, max_new):
         if stop_check_every and t % stop_check_every == 0 and search.finished():
             break
-        tokens = search.last_tokens().reshape(-1, 1)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = model(input_ids=tokens, attention_mask=mask, position_ids=next_position[:, None],
-                    past_key_values=cache, use_cache=True)
-        next_position += 1
-        candidates = step(out.logits[:, -1], search.running_states.reshape(-1), search.running_scores)
+        logits = decoder.step(search.last_tokens())
+        candidates = step(logits, search.running_states.reshape(-1), search.running_scores)
         parents = search.advance(candidates, t)
-        cache.reorder((parents + torch.arange(n_prompts, device=device)[:, None] * beams).reshape(-1))
+        decoder.reorder((parents + torch.arange(n_prompts, device=device)[:, None] * beams).reshape(-1))
     return search.output(index, pad, excluded)
 
 

@@ -81,3 +81,44 @@ class BeamKVCache(Cache):
             dst, src = rows, parents
         for layer in self.layers:
             layer.copy_rows(dst, src)
+
+
+class PromptDecoder:
+    """Decoding rows that share prefilled prompts: prefill P prompts once, `expand` each to
+    R rows, then `step` feeds one token per row and returns the next logits.
+
+    Positions come from the left-padded attention mask (a row's position counts its real
+    tokens), so prompts of different lengths decode side by side.
+    """
+
+    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+                 min_vocab_size: int):
+        self.model = model
+        self.cache = BeamKVCache(model.config.get_text_config().num_hidden_layers,
+                                 capacity=input_ids.shape[1] + max_new_tokens)
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                    past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        if out.logits.shape[-1] < min_vocab_size:
+            raise ValueError(f"the model has {out.logits.shape[-1]} logits but the index has vocab_size {min_vocab_size}")
+        self.prompt_logits = out.logits[:, -1]  # [P, V]: the next-token logits of each prompt
+        self.mask = attention_mask
+        self.next_position = positions[:, -1] + 1
+
+    def expand(self, repeats: int) -> None:
+        """Each prompt's row becomes `repeats` consecutive rows (its beams or samples)."""
+        self.cache.expand(repeats)
+        self.mask = self.mask.repeat_interleave(repeats, dim=0)
+        self.next_position = self.next_position.repeat_interleave(repeats)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row; the logits `[rows, V]` of the next token."""
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        out = self.model(input_ids=tokens.reshape(-1, 1), attention_mask=self.mask,
+                         position_ids=self.next_position[:, None], past_key_values=self.cache, use_cache=True)
+        self.next_position += 1
+        return out.logits[:, -1]
+
+    def reorder(self, parents: torch.Tensor) -> None:
+        """Row r continues from row parents[r] (within the same prompt: masks stay valid)."""
+        self.cache.reorder(parents)

@@ -32,7 +32,7 @@ from rere.kernels import trie_masked_log_softmax
 from rere.kernels.trie_masked_log_softmax import segment_logsumexp
 from rere.sampler.beam_search import _eos_token_id
 from rere.sampler.exclusion import ExcludedItems
-from rere.sampler.kv_cache import BeamKVCache
+from rere.sampler.kv_cache import PromptDecoder
 
 
 @dataclass
@@ -119,7 +119,7 @@ def sample(
         raise ValueError(f"input_ids must be [prompts, length], got shape {tuple(input_ids.shape)}")
     _check_arguments(num_samples, temperature, top_k, top_p, max_new_tokens)
     temperature = float(temperature)
-    n_prompts, prompt_len = input_ids.shape
+    n_prompts = input_ids.shape[0]
     device = input_ids.device
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
     eos = _eos_token_id(eos_token_id, index, model)
@@ -148,28 +148,17 @@ def sample(
     end_states = torch.full((rows,), CatalogIndex.INVALID, dtype=torch.int64, device=device)
     done = torch.zeros(rows, dtype=torch.bool, device=device)
 
-    text_config = model.config.get_text_config()
-    cache = BeamKVCache(text_config.num_hidden_layers, capacity=prompt_len + max_new)
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
-    if out.logits.shape[-1] < index.vocab_size:
-        raise ValueError(f"the model has {out.logits.shape[-1]} logits but the index has vocab_size {index.vocab_size}")
-    cache.expand(samples)  # every sample of a prompt starts from the prompt's one row
-    mask = attention_mask.repeat_interleave(samples, dim=0)
-    next_position = positions[:, -1].repeat_interleave(samples) + 1
+    decoder = PromptDecoder(model, input_ids, attention_mask, max_new, index.vocab_size)
+    decoder.expand(samples)  # every sample of a prompt starts from the prompt's one row
     # Step 0 scores and filters the P prompt rows once (all G samples of a prompt share the
     # root and the logits) and draws G times from each; later steps draw once per row.
-    logits, states = out.logits[:, -1], index.root_states(n_prompts)
+    logits, states = decoder.prompt_logits, index.root_states(n_prompts)
 
     for t in range(max_new):
         if t > 0:
             if bool(done.all()):  # one host synchronisation per step, to stop early
                 break
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            logits = model(input_ids=feed[:, None], attention_mask=mask, position_ids=next_position[:, None],
-                           past_key_values=cache, use_cache=True).logits[:, -1]
-            next_position += 1
+            logits = decoder.step(feed)
         children, allowed = children_of(logits, states, 1 if t == 0 else samples)
         tokens, next_states, full = children.tokens, children.next_states, children.scores
         logprobs = filter_top_k_top_p(allowed, children.offsets, children.rows, top_k, top_p)
