@@ -8,7 +8,7 @@ from transformers import LogitsProcessorList
 
 from rere.index import CatalogIndex
 from rere.sampler import beam_search
-from rere.sampler.kv_cache import BeamKVCache
+from rere.sampler.kv_cache import PromptDecoder
 from sampler_fixtures import EOS, PAD, VOCAB, PrefixDictProcessor, catalog, completion, prompts
 from tiny_models import ARCHITECTURES, tiny_model
 
@@ -102,34 +102,38 @@ def test_exclude_items_errors():
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_kv_cache_reuse_gives_the_logits_of_a_full_recompute(arch):
+@pytest.mark.parametrize("share_prompt", [True, False], ids=["shared-prompt", "copied-prompt"])
+def test_kv_cache_reuse_gives_the_logits_of_a_full_recompute(arch, share_prompt, monkeypatch):
     """Prefill once, expand to beams, append tokens and reorder rows: every row's logits equal
-    a from-scratch forward over its own (prompt + tokens)."""
+    a from-scratch forward over its own (prompt + tokens), whether the beams share the
+    prompt's keys and values (shared_prompt_attention) or each hold a copy."""
+    from rere.sampler import shared_prompt_attention as spa
+
+    calls = []
+    attention = spa.shared_prompt_attention
+    monkeypatch.setattr(spa, "shared_prompt_attention", lambda *a, **k: calls.append(1) or attention(*a, **k))
+    spa.AttentionInterface.register(spa.NAME, spa.shared_prompt_attention)
     model = tiny_model(arch, VOCAB, seed=7)
     ids, mask = prompts(2, seed=8)
     beams, steps = 3, 4
-    cache = BeamKVCache(model.config.num_hidden_layers, capacity=ids.shape[1] + steps)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
-        model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
-        cache.expand(beams)
+        decoder = PromptDecoder(model, ids, mask, steps, VOCAB, share_prompt=share_prompt)
+        decoder.expand(beams)
         rows = [ids[r // beams][mask[r // beams].bool()].tolist() for r in range(2 * beams)]
-        full_mask = mask.repeat_interleave(beams, 0)
         rng = np.random.default_rng(0)
         for step in range(steps):
-            parents = torch.tensor([p * beams + int(rng.integers(beams)) for p in range(2) for _ in range(beams)])
             if step:
-                cache.reorder(parents)
+                parents = torch.tensor([p * beams + int(rng.integers(beams)) for p in range(2) for _ in range(beams)])
+                decoder.reorder(parents)
                 rows = [list(rows[int(parents[r])]) for r in range(len(rows))]
-            tokens = torch.tensor(rng.integers(1, VOCAB, size=(2 * beams, 1)))
-            full_mask = torch.cat([full_mask, torch.ones(2 * beams, 1, dtype=full_mask.dtype)], 1)
-            position = torch.tensor([[len(r)] for r in rows])
-            logits = model(input_ids=tokens, attention_mask=full_mask, position_ids=position, past_key_values=cache,
-                           use_cache=True).logits[:, -1]
+            tokens = torch.tensor(rng.integers(1, VOCAB, size=2 * beams))
+            logits = decoder.step(tokens)
             for r in range(2 * beams):
                 rows[r].append(int(tokens[r]))
                 fresh = model(input_ids=torch.tensor([rows[r]])).logits[0, -1]
                 assert torch.allclose(logits[r], fresh, atol=1e-4), (step, r)
+    spa.AttentionInterface.register(spa.NAME, attention)
+    assert bool(calls) == share_prompt  # the shared path really ran (and only when asked)
 
 
 def test_never_checking_for_the_end_changes_nothing():
