@@ -179,3 +179,16 @@ def test_decode_loop_is_sync_free_on_gpu(monkeypatch):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert out.valid.all()
+
+
+def test_under_autocast_shared_prompt_attention_matches_the_models_own_attention():
+    """A trainer's bf16 autocast forward attends with sdpa; under autocast the shared-prompt
+    path must give the same log-probs (it falls back to sdpa over the expanded prompt)."""
+    model = tiny_model("llama", VOCAB, seed=12)
+    index = CatalogIndex.from_sequences(catalog(60, seed=12), vocab_size=VOCAB)
+    ids, mask = prompts(2, seed=12)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        outs = [beam_search(model, index, ids, mask, num_beams=4, eos_token_id=EOS, share_prompt=share)
+                for share in (True, False)]
+    assert torch.equal(outs[0].sequences, outs[1].sequences)
+    assert torch.allclose(outs[0].token_logprobs, outs[1].token_logprobs, atol=1e-6)

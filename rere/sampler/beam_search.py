@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from rere.index import CatalogIndex
-from rere.kernels import beam_step, beam_topk, trie_masked_log_softmax
+from rere.kernels import BeamCandidates, beam_step, beam_topk, trie_masked_log_softmax
 from rere.sampler.exclusion import ExcludedItems
 from rere.sampler.kv_cache import PromptDecoder
 
@@ -69,6 +69,7 @@ def beam_search(
     pad_token_id: int | None = None,
     backend: str | None = None,
     stop_check_every: int | None = None,
+    share_prompt: bool = True,
 ) -> BeamSearchOutput:
     """Constrained beam search: the `num_beams` best catalog items per prompt.
 
@@ -85,6 +86,10 @@ def beam_search(
             host synchronisation of the decode loop. Default: every step on the CPU, every
             4 steps on a GPU; 0 never asks (runs `max_new_tokens` steps, no sync at all).
             Results do not depend on it: a finished search only idles.
+        share_prompt: store each prompt's keys and values once for all its beams and attend
+            with `shared_prompt_attention` (False: copy the prompt into every beam's cache,
+            as HF does; for models whose attention layers bypass transformers'
+            `AttentionInterface`).
     """
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [prompts, length], got shape {tuple(input_ids.shape)}")
@@ -99,29 +104,49 @@ def beam_search(
     max_new = max_new_tokens or index.max_depth
     excluded = ExcludedItems.build(index, exclude_items, n_prompts) if exclude_items is not None else None
 
-    def step(logits, states, scores):
+    def step(logits, states, scores, prompt_ids):
         if excluded is None:
             return beam_step(logits, states, scores, trie, 2 * beams, backend=backend)
         children = trie_masked_log_softmax(logits, states, trie, backend=backend)
-        children = excluded.mask(children, scores.shape[1])
+        children = excluded.mask(children, scores.shape[1], prompt_ids)
         return beam_topk(scores, children, 2 * beams, backend=backend)
 
-    decoder = PromptDecoder(model, input_ids, attention_mask, max_new, index.vocab_size)
+    decoder = PromptDecoder(model, input_ids, attention_mask, max_new, index.vocab_size, share_prompt)
     search = _Search(n_prompts, beams, max_new, length_penalty, eos, device)
-    candidates = step(decoder.prompt_logits, index.root_states(n_prompts), torch.zeros(n_prompts, 1, device=device))
+    active = torch.arange(n_prompts, device=device)  # prompts the decoder still runs, in its row order
+    candidates = step(decoder.prompt_logits, index.root_states(n_prompts), torch.zeros(n_prompts, 1, device=device),
+                      active)
     search.advance(candidates, t=0)
     decoder.expand(beams)  # every beam of a prompt starts from the prompt's one row
 
     if stop_check_every is None:
         stop_check_every = 1 if device.type == "cpu" else 4
+    beam_range = torch.arange(beams, device=device)
     for t in range(1, max_new):
-        if stop_check_every and t % stop_check_every == 0 and search.finished():
-            break
-        logits = decoder.step(search.last_tokens())
-        candidates = step(logits, search.running_states.reshape(-1), search.running_scores)
-        parents = search.advance(candidates, t)
-        decoder.reorder((parents + torch.arange(n_prompts, device=device)[:, None] * beams).reshape(-1))
+        if stop_check_every and t % stop_check_every == 0:  # the loop's one host synchronisation
+            running = ~search.done[active]
+            if not bool(running.any()):
+                break
+            if not bool(running.all()):  # finished prompts leave the model's batch
+                decoder.keep_prompts(running.nonzero()[:, 0])
+                active = active[running]
+        rows = (active[:, None] * beams + beam_range).reshape(-1)
+        logits = decoder.step(search.last_tokens().reshape(-1)[rows])
+        found = step(logits, search.running_states.reshape(-1)[rows], search.running_scores[active], active)
+        parents = search.advance(_for_all_prompts(found, active, n_prompts), t)
+        decoder.reorder((parents[active] + torch.arange(active.numel(), device=device)[:, None] * beams).reshape(-1))
     return search.output(index, pad, excluded)
+
+
+def _for_all_prompts(found: BeamCandidates, active: torch.Tensor, n_prompts: int) -> BeamCandidates:
+    """Candidates of the `active` prompts, placed among empty ones for the others."""
+    if active.numel() == n_prompts:
+        return found
+    def spread(values, fill):  # noqa: E306
+        return torch.full((n_prompts,) + values.shape[1:], fill, dtype=values.dtype,
+                          device=values.device).index_copy_(0, active, values)
+    return BeamCandidates(spread(found.parents, -1), spread(found.tokens, -1), spread(found.next_states, -1),
+                          spread(found.scores, float("-inf")), spread(found.token_scores, float("-inf")))
 
 
 def _eos_token_id(eos_token_id, index, model) -> int:
@@ -154,9 +179,6 @@ class _Search:
         self.pool_tokens = torch.zeros(shape + (max_new,), dtype=torch.int64, device=device)
         self.pool_logprobs = torch.zeros(shape + (max_new,), device=device)
         self.done = torch.zeros(n_prompts, dtype=torch.bool, device=device)
-
-    def finished(self) -> bool:
-        return bool(self.done.all())  # one host sync per step, to stop early
 
     def last_tokens(self) -> torch.Tensor:
         return self.running_tokens[:, :, self.step]

@@ -49,13 +49,17 @@ class ExcludedItems:
         keys = torch.sort(torch.cat(keys)).values if keys else torch.zeros(0, dtype=torch.int64)
         return cls(keys.to(index.device), slot_ids.numel(), index.tensors, per_prompt)
 
-    def mask(self, children: AllowedScores, beams: int) -> AllowedScores:
+    def mask(self, children: AllowedScores, beams: int, prompt_ids: torch.Tensor | None = None) -> AllowedScores:
         """`children` with -inf for every candidate whose subtree holds only excluded items
-        of its prompt (rows are beams; row // beams is the prompt)."""
+        of its prompt (rows are beams; row // beams is the prompt, or indexes `prompt_ids`
+        when the rows cover only some prompts)."""
         node = children.next_states >> 32
         lo, hi = self.trie.item_lo[node].long(), self.trie.item_hi[node].long()
         keys = self.keys
-        base = (children.rows // beams) * self.num_slots
+        prompt = children.rows // beams
+        if prompt_ids is not None:
+            prompt = prompt_ids[prompt]
+        base = prompt * self.num_slots
         excluded = torch.searchsorted(keys, base + hi) - torch.searchsorted(keys, base + lo)
         cut = excluded == hi - lo
         return replace(children, scores=torch.where(cut, float("-inf"), children.scores))

@@ -74,6 +74,14 @@ class _PreallocatedLayer(DynamicLayer):
         self.keys = self.key_buffer[:, :, :self.length]
         self.values = self.value_buffer[:, :, :self.length]
 
+    def keep(self, rows: torch.Tensor, prompts: torch.Tensor) -> None:
+        """Keep only these rows (and, shared, these prompts' keys and values)."""
+        if self.prompt_length:
+            self.prompt_keys, self.prompt_values = self.prompt_keys[prompts], self.prompt_values[prompts]
+        self.key_buffer, self.value_buffer = self.key_buffer[rows], self.value_buffer[rows]
+        self.keys = self.key_buffer[:, :, :self.length]
+        self.values = self.value_buffer[:, :, :self.length]
+
     def copy_rows(self, dst: torch.Tensor, src: torch.Tensor) -> None:
         """Row dst[i] becomes a copy of row src[i], a row of the same prompt (all sources
         are read before any write; the shared prompt positions are equal already)."""
@@ -95,6 +103,15 @@ class BeamKVCache(Cache):
         self.prompt_mask = None if prompt_mask is None else prompt_mask.bool()
         for layer in self.layers:
             layer.expand(repeats, share_prompt=prompt_mask is not None)
+
+    def keep_prompts(self, prompts: torch.Tensor, repeats: int) -> None:
+        """Keep only the rows of these prompts (indexes into the current prompts, in order;
+        each prompt owns `repeats` consecutive rows)."""
+        rows = (prompts[:, None] * repeats + torch.arange(repeats, device=prompts.device)).reshape(-1)
+        if self.prompt_mask is not None:
+            self.prompt_mask = self.prompt_mask[prompts]
+        for layer in self.layers:
+            layer.keep(rows, prompts)
 
     def reorder(self, parents: torch.Tensor) -> None:
         """Row r takes the contents of row parents[r], a row of the same prompt (rows
@@ -138,6 +155,7 @@ class PromptDecoder:
 
     def expand(self, repeats: int) -> None:
         """Each prompt's row becomes `repeats` consecutive rows (its beams or samples)."""
+        self.repeats = repeats
         self.cache.expand(repeats, self.mask if self.share_prompt else None)
         self.mask = self.mask.repeat_interleave(repeats, dim=0)
         self.next_position = self.next_position.repeat_interleave(repeats)
@@ -150,6 +168,13 @@ class PromptDecoder:
                              position_ids=self.next_position[:, None], past_key_values=self.cache, use_cache=True)
         self.next_position += 1
         return out.logits[:, -1]
+
+    def keep_prompts(self, prompts: torch.Tensor) -> None:
+        """Decode only these prompts from now on (indexes into the current prompts, in
+        order): a finished prompt's rows leave the model's batch."""
+        rows = (prompts[:, None] * self.repeats + torch.arange(self.repeats, device=prompts.device)).reshape(-1)
+        self.cache.keep_prompts(prompts, self.repeats)
+        self.mask, self.next_position = self.mask[rows], self.next_position[rows]
 
     def reorder(self, parents: torch.Tensor) -> None:
         """Row r continues from row parents[r] (within the same prompt: masks stay valid)."""

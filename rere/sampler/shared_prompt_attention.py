@@ -18,6 +18,7 @@ import contextvars
 
 import torch
 from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 NAME = "rere_shared_prompt"
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("rere_shared_prompt_cache", default=None)
@@ -26,12 +27,36 @@ _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("rere_shared_prompt_cac
 def shared_prompt_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
     """`query` `[rows, q_heads, q_len, D]` of P prompts x G beams; `key`/`value` the beams'
     own (generated) tokens `[rows, kv_heads, T, D]`, the new ones last. Returns
-    `([rows, q_len, q_heads, D], None)` like transformers' attention functions."""
+    `([rows, q_len, q_heads, D], None)` like transformers' attention functions.
+
+    Under autocast (a trainer's bf16 forward) it expands the prompt to the rows and calls
+    `scaled_dot_product_attention` as the model's default path would: rollout log-probs must
+    match that forward, and a different bf16 kernel differs by ~1e-2."""
+    if torch.is_autocast_enabled(query.device.type):
+        return _expanded_sdpa(module, query, key, value, scaling)
+    return _attention(module, query, key, value, scaling)
+
+
+def _expanded_sdpa(module, query, key, value, scaling):
+    cache = _ACTIVE.get()
+    layer = cache.layers[module.layer_idx]
+    beams = query.shape[0] // layer.prompt_keys.shape[0]
+    keys = torch.cat([layer.prompt_keys.repeat_interleave(beams, 0), key], dim=2)
+    values = torch.cat([layer.prompt_values.repeat_interleave(beams, 0), value], dim=2)
+    q_len, new = query.shape[2], key.shape[2]
+    own = torch.arange(new, device=query.device)[None, :] <= torch.arange(q_len, device=query.device)[:, None] + new - q_len
+    mask = torch.cat([cache.prompt_mask.repeat_interleave(beams, 0)[:, None, None, :].expand(-1, 1, q_len, -1),
+                      own[None, None].expand(query.shape[0], 1, q_len, new)], dim=-1)
+    return sdpa_attention_forward(module, query, keys, values, mask, scaling=scaling)
+
+
+def _attention(module, query, key, value, scaling):
     cache = _ACTIVE.get()
     if cache is None:
         raise RuntimeError(f"{NAME} attention runs only inside rere's decode steps")
     layer = cache.layers[module.layer_idx]
-    prompt_keys, prompt_values, prompt_mask = layer.prompt_keys, layer.prompt_values, cache.prompt_mask
+    prompt_keys, prompt_values = layer.prompt_keys.to(query.dtype), layer.prompt_values.to(query.dtype)
+    prompt_mask = cache.prompt_mask
     rows, q_heads, q_len, dim = query.shape
     prompts, kv_heads, prompt_len, _ = prompt_keys.shape
     beams, groups, new = rows // prompts, q_heads // kv_heads, key.shape[-2]
