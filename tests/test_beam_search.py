@@ -192,3 +192,22 @@ def test_under_autocast_shared_prompt_attention_matches_the_models_own_attention
                 for share in (True, False)]
     assert torch.equal(outs[0].sequences, outs[1].sequences)
     assert torch.allclose(outs[0].token_logprobs, outs[1].token_logprobs, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_bf16_models(arch):
+    """A bf16 model decodes to distinct catalog items, best first, with log-probs (computed
+    in fp32 from bf16 logits) that add up to the scores."""
+    model = tiny_model(arch, VOCAB, seed=13, dtype=torch.bfloat16)
+    seqs = catalog(100, seed=13)
+    index = CatalogIndex.from_sequences(seqs, vocab_size=VOCAB)
+    ids, mask = prompts(2, seed=13)
+    with torch.no_grad():
+        out = beam_search(model, index, ids, mask, num_beams=5, eos_token_id=EOS)
+    assert out.valid.all() and out.scores.dtype == torch.float32
+    for p in range(2):
+        assert len(set(out.item_ids[p].tolist())) == 5
+        for g in range(5):
+            assert out.sequences[p, g, :out.lengths[p, g]].tolist() == seqs[int(out.item_ids[p, g])]
+        assert torch.all(out.scores[p, :-1] >= out.scores[p, 1:])
+    assert torch.allclose(out.token_logprobs.sum(-1), out.scores, atol=1e-4)
