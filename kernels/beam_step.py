@@ -19,10 +19,8 @@ from rere.kernels.triton_compat import tl, triton
 from rere.index.tensors import TrieTensors
 from rere.kernels import backend as _backend
 from rere.kernels.beam_topk import MAX_TRITON_K, BeamCandidates, beam_topk, tl_merge_topk
-from rere.kernels.ranking_keys import KEY_LIMIT, tl_pack, tl_unpack_key, tl_unpack_score
+from rere.kernels.ranking_keys import KEY_LIMIT, TL_EMPTY, tl_pack, tl_unpack_key, tl_unpack_score
 from rere.kernels.trie_masked_log_softmax import BLOCK_V, tl_row_logsumexp, trie_masked_log_softmax
-
-EMPTY = -9223372036854775808
 
 
 def beam_step(
@@ -84,7 +82,7 @@ def _beam_step_kernel(
     forced = tl.load(tail_tokens_ptr + tail_lo + consumed - 1, mask=inside, other=0)
 
     lanes = tl.arange(0, BLOCK_C)
-    best = tl.full((K_PAD,), EMPTY, tl.int64)
+    best = tl.full((K_PAD,), TL_EMPTY, tl.int64)
     for start in range(0, count, BLOCK_C):
         rank = start + lanes
         mask = rank < count
@@ -92,7 +90,7 @@ def _beam_step_kernel(
         tok = tl.where(inside, forced, child_tok)
         x = tl.load(row_ptr + tok, mask=mask, other=0.0).to(tl.float32)
         score = (x - lse) + beam_score  # HF's order: log_softmax, then add the beam score
-        packed = tl.where(mask, tl_pack(score, parent * key_stride + rank), EMPTY)
+        packed = tl.where(mask, tl_pack(score, parent * key_stride + rank), TL_EMPTY)
         if tl.max(packed, axis=0) > tl.min(best, axis=0):
             best = tl_merge_topk(best, tl.topk(packed, K_PAD), K_PAD)
     slots = tl.arange(0, K_PAD)
@@ -105,10 +103,10 @@ def _beam_step_kernel(
     if ticket == beams - 1:
         tl.debug_barrier()
         cands = tl.arange(0, CAND_PAD)
-        pool = tl.load(scratch_ptr + prompt * beams * K_PAD + cands, mask=cands < beams * K_PAD, other=EMPTY,
+        pool = tl.load(scratch_ptr + prompt * beams * K_PAD + cands, mask=cands < beams * K_PAD, other=TL_EMPTY,
                        cache_modifier=".cg")
         top = tl.topk(pool, K_PAD)
-        ok = top != EMPTY
+        ok = top != TL_EMPTY
         key = tl_unpack_key(top)
         win_parent = key // key_stride
         win_rank = key % key_stride

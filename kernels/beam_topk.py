@@ -18,7 +18,7 @@ import torch
 from rere.kernels.triton_compat import tl, triton
 
 from rere.kernels import backend as _backend
-from rere.kernels.ranking_keys import EMPTY, KEY_LIMIT, pack, tl_pack, unpack
+from rere.kernels.ranking_keys import EMPTY, KEY_LIMIT, TL_EMPTY, pack, tl_pack, unpack
 from rere.kernels.trie_masked_log_softmax import AllowedScores
 
 MAX_TRITON_K = 128  # the running top-k lives in registers
@@ -109,13 +109,13 @@ def _beam_topk_kernel(offsets_ptr, rows_ptr, scores_ptr, beam_scores_ptr, out_pt
     begin = tl.load(offsets_ptr + prompt * beams)
     end = tl.load(offsets_ptr + (prompt + 1) * beams)
     lanes = tl.arange(0, BLOCK)
-    best = tl.full((K_PAD,), -9223372036854775808, tl.int64)
+    best = tl.full((K_PAD,), TL_EMPTY, tl.int64)
     for start in range(begin, end, BLOCK):
         idx = start + lanes
         mask = idx < end
         row = tl.load(rows_ptr + idx, mask=mask, other=0)
         total = tl.load(beam_scores_ptr + row, mask=mask, other=0.0) + tl.load(scores_ptr + idx, mask=mask, other=0.0)
-        packed = tl.where(mask, tl_pack(total, idx - begin), -9223372036854775808)
+        packed = tl.where(mask, tl_pack(total, idx - begin), TL_EMPTY)
         if tl.max(packed, axis=0) > tl.min(best, axis=0):  # something here makes the cut
             best = tl_merge_topk(best, tl.topk(packed, K_PAD), K_PAD)
     slots = tl.arange(0, K_PAD)

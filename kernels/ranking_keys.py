@@ -14,6 +14,8 @@ import torch
 from rere.kernels.triton_compat import tl, triton
 
 EMPTY = -(2**63)
+# The same, for kernels: compiled Triton reads only constexpr globals (the interpreter reads any).
+TL_EMPTY = tl.constexpr(EMPTY)
 KEY_LIMIT = 2**32 - 1  # keys must be below this
 _LOW = 0xFFFFFFFF
 _INT32_MIN = -(2**31)

@@ -13,6 +13,6 @@ except ImportError:  # pragma: no cover - exercised on machines without triton
         return fn if fn is not None else (lambda f: f)
 
     triton = SimpleNamespace(jit=_jit, next_power_of_2=lambda n: 1 << max(int(n) - 1, 0).bit_length())
-    tl = SimpleNamespace(constexpr=None)
+    tl = SimpleNamespace(constexpr=lambda value=None: value)
 
 __all__ = ["triton", "tl"]

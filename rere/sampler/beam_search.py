@@ -27,12 +27,13 @@ import torch
 
 from rere.index import CatalogIndex
 from rere.kernels import BeamCandidates, beam_step, beam_topk, trie_masked_log_softmax
+from rere.sampler.completions import ItemLists, named_items, resolve_eos_token_id
 from rere.sampler.exclusion import ExcludedItems
 from rere.sampler.kv_cache import PromptDecoder
 
 
 @dataclass
-class BeamSearchOutput:
+class BeamSearchOutput(ItemLists):
     """Per prompt p and beam rank g (best first). Empty slots have length 0, score -inf and
     item -1."""
 
@@ -43,12 +44,6 @@ class BeamSearchOutput:
     item_ids: torch.Tensor  # int64 [P, G]: the (first) catalog item the completion names
     item_offsets: torch.Tensor  # int64 [P*G + 1]: CSR over slots p*G+g of ...
     item_values: torch.Tensor  # int64: ... every item the completion names (duplicates)
-
-    def items(self, prompt: int, rank: int) -> list[int]:
-        """Every item named by the completion at (prompt, rank): one, or several for an
-        identifier that several catalog items share; [] for an empty slot."""
-        slot = prompt * self.lengths.shape[1] + rank
-        return self.item_values[self.item_offsets[slot]:self.item_offsets[slot + 1]].tolist()
 
     @property
     def valid(self) -> torch.Tensor:
@@ -96,7 +91,7 @@ def beam_search(
     n_prompts = input_ids.shape[0]
     device = input_ids.device
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
-    eos = _eos_token_id(eos_token_id, index, model)
+    eos = resolve_eos_token_id(eos_token_id, index, model)
     pad = eos if pad_token_id is None else pad_token_id
     beams = num_beams
     index = index.to(device)
@@ -147,20 +142,6 @@ def _for_all_prompts(found: BeamCandidates, active: torch.Tensor, n_prompts: int
                           device=values.device).index_copy_(0, active, values)
     return BeamCandidates(spread(found.parents, -1), spread(found.tokens, -1), spread(found.next_states, -1),
                           spread(found.scores, float("-inf")), spread(found.token_scores, float("-inf")))
-
-
-def _eos_token_id(eos_token_id, index, model) -> int:
-    """The given id, else the index's (from_catalog records it), else the token that ends
-    every catalog sequence, else the model's."""
-    from rere.sampler.hf import final_token
-
-    for candidate in (eos_token_id, index.metadata.get("eos_token_id"), final_token(index),
-                      getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
-        if isinstance(candidate, (list, tuple)):
-            candidate = candidate[0] if candidate else None
-        if candidate is not None:
-            return int(candidate)
-    raise ValueError("no eos_token_id: pass one (the token that ends every catalog sequence)")
 
 
 class _Search:
@@ -244,12 +225,7 @@ class _Search:
         inside = positions < lengths[:, :, None]
         sequences = torch.where(inside, self.pool_tokens, pad)
         logprobs = torch.where(inside, self.pool_logprobs, 0.0)
-        item_offsets, item_values = index.items_at(self.pool_states.reshape(-1))
-        if excluded is not None:
-            item_offsets, item_values = excluded.drop_from(item_offsets, item_values, self.beams)
-        first = torch.full((lengths.numel(),), -1, dtype=torch.int64, device=lengths.device)
-        named = item_offsets.diff() > 0
-        first[named] = item_values[item_offsets[:-1][named]]
+        first, item_offsets, item_values = named_items(index, self.pool_states.reshape(-1), excluded, self.beams)
         return BeamSearchOutput(sequences, lengths, self.pool_scores, logprobs, first.reshape(lengths.shape),
                                 item_offsets, item_values)
 

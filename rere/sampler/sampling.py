@@ -30,13 +30,13 @@ import torch
 from rere.index import CatalogIndex
 from rere.kernels import trie_masked_log_softmax
 from rere.kernels.trie_masked_log_softmax import segment_logsumexp
-from rere.sampler.beam_search import _eos_token_id
+from rere.sampler.completions import ItemLists, named_items, resolve_eos_token_id
 from rere.sampler.exclusion import ExcludedItems
 from rere.sampler.kv_cache import PromptDecoder
 
 
 @dataclass
-class SampleOutput:
+class SampleOutput(ItemLists):
     """Per prompt p and sample g (in draw order, not sorted). Field conventions follow
     `BeamSearchOutput`: an empty sample (nothing left to sample: every item excluded) has
     length 0 and item -1.
@@ -61,12 +61,6 @@ class SampleOutput:
     item_ids: torch.Tensor  # int64 [P, G]: the (first) catalog item the completion names, -1 if none
     item_offsets: torch.Tensor  # int64 [P*G + 1]: CSR over slots p*G+g of ...
     item_values: torch.Tensor  # int64: ... every item the completion names (duplicates)
-
-    def items(self, prompt: int, sample: int) -> list[int]:
-        """Every item named by sample g of prompt p: one, or several for an identifier that
-        several catalog items share; [] for an empty (or truncated) sample."""
-        slot = prompt * self.lengths.shape[1] + sample
-        return self.item_values[self.item_offsets[slot]:self.item_offsets[slot + 1]].tolist()
 
     @property
     def valid(self) -> torch.Tensor:
@@ -122,7 +116,7 @@ def sample(
     n_prompts = input_ids.shape[0]
     device = input_ids.device
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
-    eos = _eos_token_id(eos_token_id, index, model)
+    eos = resolve_eos_token_id(eos_token_id, index, model)
     pad = eos if pad_token_id is None else pad_token_id
     samples = num_samples
     rows = n_prompts * samples
@@ -179,12 +173,7 @@ def sample(
         states = torch.where(done, CatalogIndex.INVALID, state)  # finished rows allow nothing
         feed = torch.where(drawn, token, eos)  # finished rows are fed EOS; their outputs are ignored
 
-    item_offsets, item_values = index.items_at(end_states)
-    if excluded is not None:
-        item_offsets, item_values = excluded.drop_from(item_offsets, item_values, samples)
-    first = torch.full((rows,), -1, dtype=torch.int64, device=device)
-    named = item_offsets.diff() > 0
-    first[named.to(device)] = item_values[item_offsets[:-1][named]].to(device)
+    first, item_offsets, item_values = named_items(index, end_states, excluded, samples)
     shape = (n_prompts, samples)
     return SampleOutput(sequences.reshape(shape + (max_new,)), lengths.reshape(shape),
                         token_logprobs.reshape(shape + (max_new,)), sampling_logprobs.reshape(shape + (max_new,)),
