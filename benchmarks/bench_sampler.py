@@ -6,6 +6,8 @@
   small random Qwen2 with the offline Qwen2 tokenizer), Amazon Industrial test prompts with
   their full 10-item histories (from ../shared/data), 16 beams, the catalog of 3,686 titles.
   The two must return identical beams (checked once).
+- `test_end_to_end_rere_without_forced_replay`: the same, decoding the forced title tails
+  step by step (`replay_forced=False`), to show what the replay buys.
 - `test_step_overhead`: everything but the model forward, per decode step, for synthetic
   catalogs of 10k, 100k and 1M items (a tiny model, 4 prompts x 16 beams).
 """
@@ -95,9 +97,10 @@ def amazon_setup():
     return model, tokenizer, name, seqs, index, batch
 
 
-def run_rere(model, index, batch, eos):
+def run_rere(model, index, batch, eos, replay_forced=True):
     with torch.no_grad():
-        return beam_search(model, index, batch.input_ids, batch.attention_mask, num_beams=BEAMS, eos_token_id=eos)
+        return beam_search(model, index, batch.input_ids, batch.attention_mask, num_beams=BEAMS, eos_token_id=eos,
+                           replay_forced=replay_forced)
 
 
 def run_hf(model, seqs, index, batch, eos):
@@ -115,6 +118,17 @@ def test_end_to_end_rere(benchmark, amazon_setup):
     assert out.valid.all()
     benchmark.extra_info.update(model=name, prompts=N_PROMPTS, beams=BEAMS,
                                 prompt_tokens=batch.attention_mask.sum(1).tolist())
+
+
+def test_end_to_end_rere_without_forced_replay(benchmark, amazon_setup):
+    """The same search decoding every forced title tail one step at a time: what the replay buys."""
+    model, tokenizer, name, seqs, index, batch = amazon_setup
+    eos = tokenizer.eos_token_id
+    out = benchmark.pedantic(run_rere, args=(model, index, batch, eos, False), rounds=2, warmup_rounds=0)
+    replayed = run_rere(model, index, batch, eos)
+    assert torch.equal(out.sequences, replayed.sequences)
+    assert torch.allclose(out.scores, replayed.scores, atol=1e-5)
+    benchmark.extra_info.update(model=name, prompts=N_PROMPTS, beams=BEAMS)
 
 
 def test_end_to_end_hf_generate_dict_processor(benchmark, amazon_setup):

@@ -84,6 +84,14 @@ def main() -> None:
     print(f"{result['device']}: {args.prompts} prompts x {args.beams} beams, {args.items:,} items: "
           f"{total:.2f} s, forward {forward:.2f} s over {steps} steps + prefill, "
           f"overhead {100 * result['overhead_share']:.1f}% of the forward")
+    with torch.no_grad():  # what the forced-continuation replay buys, in the same run
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        beam_search(model, index, ids, num_beams=args.beams, eos_token_id=QWEN2_EOS, replay_forced=False)
+        torch.cuda.synchronize()
+    result["without_replay_s"] = time.perf_counter() - start
+    print(f"without the forced-continuation replay: {result['without_replay_s']:.2f} s "
+          f"({result['without_replay_s'] / total:.2f}x the time with it)")
     if not args.skip_hf:
         with torch.no_grad():
             torch.cuda.synchronize()

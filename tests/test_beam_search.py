@@ -45,6 +45,44 @@ def test_matches_hf_generate(arch, beams, length_penalty, n_items):
         assert torch.allclose(summed, got.scores[p], atol=1e-4)
 
 
+def count_forwards(model) -> list:
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("share_prompt", [True, False], ids=["shared-prompt", "copied-prompt"])
+@pytest.mark.parametrize("beams, length_penalty, max_new", [(6, 0.0, None), (8, 1.0, None), (5, 0.0, 10)])
+def test_forced_replay_matches_hf_and_the_step_by_step_search(arch, share_prompt, beams, length_penalty, max_new):
+    """Title-like catalogs (long sequences, unique a few tokens in): the replay finishes each
+    prompt's search from one forward over the forced tails, with HF's results (a
+    `max_new_tokens` shorter than the titles included) and fewer sequential model calls."""
+    model = tiny_model(arch, VOCAB, seed=beams + 20)
+    seqs = catalog(150, seed=beams + 20, max_len=16)
+    index = CatalogIndex.from_sequences(seqs, vocab_size=VOCAB)
+    ids, mask = prompts(3, seed=beams + 20)
+    want_tokens, want_scores = hf_beams(model, seqs, ids, mask, beams, length_penalty, max_new or index.max_depth)
+    calls = count_forwards(model)
+    runs = {}
+    for replay in (True, False):
+        calls.clear()
+        with torch.no_grad():
+            runs[replay] = beam_search(model, index, ids, mask, num_beams=beams, length_penalty=length_penalty,
+                                       max_new_tokens=max_new, eos_token_id=EOS, share_prompt=share_prompt,
+                                       replay_forced=replay)
+        runs[replay].model_calls = len(calls)
+    got, plain = runs[True], runs[False]
+    for p in range(ids.shape[0]):
+        hf = [completion(t) for t in want_tokens[p].tolist()]
+        assert [tuple(got.sequences[p, g, :got.lengths[p, g]].tolist()) for g in range(beams)] == hf, f"prompt {p}"
+        assert torch.allclose(got.scores[p], want_scores[p], atol=1e-4)
+    assert torch.equal(got.sequences, plain.sequences) and torch.equal(got.item_ids, plain.item_ids)
+    assert torch.allclose(got.scores, plain.scores, atol=1e-5)
+    assert torch.allclose(got.token_logprobs, plain.token_logprobs, atol=1e-5)
+    assert got.model_calls < plain.model_calls
+
+
 def test_fewer_items_than_beams():
     model = tiny_model("llama", VOCAB)
     seqs = [[5, 6, EOS], [5, 7, EOS], [9, EOS]]
@@ -115,9 +153,9 @@ def test_kv_cache_reuse_gives_the_logits_of_a_full_recompute(arch, share_prompt,
     spa.AttentionInterface.register(spa.NAME, spa.shared_prompt_attention)
     model = tiny_model(arch, VOCAB, seed=7)
     ids, mask = prompts(2, seed=8)
-    beams, steps = 3, 4
+    beams, steps = 3, 5
     with torch.no_grad():
-        decoder = PromptDecoder(model, ids, mask, steps, VOCAB, share_prompt=share_prompt)
+        decoder = PromptDecoder(model, ids, mask, 2 * steps, VOCAB, share_prompt=share_prompt)
         decoder.expand(beams)
         rows = [ids[r // beams][mask[r // beams].bool()].tolist() for r in range(2 * beams)]
         rng = np.random.default_rng(0)
@@ -126,11 +164,12 @@ def test_kv_cache_reuse_gives_the_logits_of_a_full_recompute(arch, share_prompt,
                 parents = torch.tensor([p * beams + int(rng.integers(beams)) for p in range(2) for _ in range(beams)])
                 decoder.reorder(parents)
                 rows = [list(rows[int(parents[r])]) for r in range(len(rows))]
-            tokens = torch.tensor(rng.integers(1, VOCAB, size=2 * beams))
-            logits = decoder.step(tokens)
+            width = 1 + step % 3  # one token per row, or a chunk of them (the forced-tail replay)
+            tokens = torch.tensor(rng.integers(1, VOCAB, size=(2 * beams, width)))
+            logits = decoder.step(tokens[:, 0])[:, None] if width == 1 else decoder.extend(tokens)
             for r in range(2 * beams):
-                rows[r].append(int(tokens[r]))
-                fresh = model(input_ids=torch.tensor([rows[r]])).logits[0, -1]
+                rows[r].extend(tokens[r].tolist())
+                fresh = model(input_ids=torch.tensor([rows[r]])).logits[0, -width:]
                 assert torch.allclose(logits[r], fresh, atol=1e-4), (step, r)
     spa.AttentionInterface.register(spa.NAME, attention)
     assert bool(calls) == share_prompt  # the shared path really ran (and only when asked)
@@ -142,7 +181,7 @@ def test_never_checking_for_the_end_changes_nothing():
     index = CatalogIndex.from_sequences(catalog(80, seed=9), vocab_size=VOCAB)
     ids, mask = prompts(2, seed=9)
     with torch.no_grad():
-        a = beam_search(model, index, ids, mask, num_beams=4, eos_token_id=EOS)
+        a = beam_search(model, index, ids, mask, num_beams=4, eos_token_id=EOS, replay_forced=False)
         b = beam_search(model, index, ids, mask, num_beams=4, eos_token_id=EOS, stop_check_every=0)
     for field in ("sequences", "lengths", "item_ids"):
         assert torch.equal(getattr(a, field), getattr(b, field))

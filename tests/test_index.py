@@ -127,6 +127,22 @@ def test_edge_cases(backend, seqs):
     check_against_reference(BACKENDS[backend](index), ReferenceTrie(seqs), vocab_size=10)
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seqs=catalogs)
+def test_forced_continuations_match_reference(seqs):
+    """Inside the edge into a leaf the rest of the sequence is forced (the beam-search replay
+    scores it in one forward); anywhere the trie may still branch, nothing is."""
+    index = CatalogIndex.from_sequences(seqs, vocab_size=8)
+    ref = ReferenceTrie(seqs)
+    prefixes = ref.prefixes()
+    states = states_of(index, prefixes)
+    batch = torch.tensor([states[p] for p in prefixes] + [INVALID_STATE], dtype=torch.int64)
+    want = [ref.forced(p) for p in prefixes] + [[]]
+    width = max(map(len, want)) + 1
+    assert ops.forced_lengths(index.tensors, batch).tolist() == [len(w) for w in want]
+    assert ops.forced_tokens(index.tensors, batch, width).tolist() == [w + [-1] * (width - len(w)) for w in want]
+
+
 def test_states_walk_compressed_edges():
     """One long item: 8 tokens are one edge; the states inside it are consecutive."""
     index = CatalogIndex.from_sequences([[3, 1, 4, 1, 5, 9, 2, 6], [3, 2]], vocab_size=10)

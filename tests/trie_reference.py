@@ -34,3 +34,19 @@ class ReferenceTrie:
 
     def items_at(self, prefix) -> list[int]:
         return [] if prefix is None else sorted(self.items.get(prefix, ()))
+
+    def forced(self, prefix) -> list[int]:
+        """The rest of the one sequence continuing `prefix` when `prefix` lies inside the
+        compressed edge into a leaf (no branch, no item ending, on the way); [] otherwise.
+        Nodes of the compressed trie: the root, where an item ends, and where the number of
+        children is not one."""
+        def is_node(p):
+            return p == () or p in self.items or len(self.children.get(p, ())) != 1
+        if prefix is None or is_node(prefix):
+            return []
+        rest = []
+        while not is_node(prefix):
+            (token,) = self.children[prefix]
+            rest.append(token)
+            prefix = prefix + (token,)
+        return rest if not self.children.get(prefix) else []

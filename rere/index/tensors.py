@@ -150,6 +150,31 @@ def advance(t: TrieTensors, states: torch.Tensor, tokens: torch.Tensor, check: b
     return torch.where(forced_ok, states + 1, child_state)
 
 
+def forced_lengths(t: TrieTensors, states: torch.Tensor) -> torch.Tensor:
+    """How many tokens remain of each state's sequence where only one sequence continues it
+    (the state is inside the edge into a leaf: path compression put the rest of a title
+    there); 0 where the trie still branches below, at a leaf, or for an invalid state."""
+    return _forced_lengths(_decode(t, states, check=False))
+
+
+def _forced_lengths(d: _Decoded) -> torch.Tensor:
+    return torch.where(d.inside_edge & (d.num_children == 0), d.edge_length - d.consumed, 0)
+
+
+def forced_tokens(t: TrieTensors, states: torch.Tensor, width: int) -> torch.Tensor:
+    """`[R, width]` int64: the next `width` tokens of each state's forced continuation (see
+    `forced_lengths`), -1 past its end and for states that are not forced."""
+    d = _decode(t, states, check=False)
+    lengths = _forced_lengths(d)
+    steps = torch.arange(width, device=t.device)
+    inside = steps < lengths[:, None]
+    if t.tail_tokens.numel() == 0:
+        return torch.full(inside.shape, -1, dtype=torch.int64, device=t.device)
+    pos = t.tail_offsets[d.node].long()[:, None] + d.consumed[:, None] - 1 + steps
+    tokens = t.tail_tokens[pos.clamp_(0, t.tail_tokens.numel() - 1)].long()
+    return torch.where(inside, tokens, -1)
+
+
 def items_at(t: TrieTensors, states: torch.Tensor, check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Item ids whose sequence ends exactly at each state, as CSR (offsets, item_ids)."""
     d = _decode(t, states, check)

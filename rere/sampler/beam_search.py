@@ -10,7 +10,9 @@ order and scores), computed differently:
   (`BeamKVCache`);
 - every step is one call of `rere.kernels.beam_step` on the trie's device tensors:
   log-softmax over the full vocabulary, the trie's allowed children, and the per-prompt
-  top-2G, with no `[R, V]` mask and (on a GPU) no host synchronisation.
+  top-2G, with no `[R, V]` mask and (on a GPU) no host synchronisation;
+- once every beam of a prompt is on a forced title tail, the rest is scored in one forward
+  and the competition replayed (`forced_replay`).
 
 The selection rules are HF's (transformers 5.x `_beam_search`): of the top 2G candidates,
 EOS candidates ranked in the first G join the finished pool (score / len**length_penalty);
@@ -21,6 +23,7 @@ continuations than beams), rere keeps empty slots: the valid results are the sam
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +31,7 @@ import torch
 from rere.index import CatalogIndex
 from rere.kernels import BeamCandidates, beam_step, beam_topk, trie_masked_log_softmax
 from rere.sampler.completions import ItemLists, named_items, resolve_eos_token_id
+from rere.sampler import forced_replay
 from rere.sampler.exclusion import ExcludedItems
 from rere.sampler.kv_cache import PromptDecoder
 
@@ -65,6 +69,7 @@ def beam_search(
     backend: str | None = None,
     stop_check_every: int | None = None,
     share_prompt: bool = True,
+    replay_forced: bool = True,
 ) -> BeamSearchOutput:
     """Constrained beam search: the `num_beams` best catalog items per prompt.
 
@@ -85,6 +90,10 @@ def beam_search(
             with `shared_prompt_attention` (False: copy the prompt into every beam's cache,
             as HF does; for models whose attention layers bypass transformers'
             `AttentionInterface`).
+        replay_forced: once every beam of a prompt is inside a title's last edge (its rest
+            forced by the trie), score all remaining tokens in one forward and replay the
+            beam competition from those scores (`rere.sampler.forced_replay`) instead of
+            decoding them one step at a time. Checked at the `stop_check_every` points.
     """
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [prompts, length], got shape {tuple(input_ids.shape)}")
@@ -119,6 +128,12 @@ def beam_search(
     beam_range = torch.arange(beams, device=device)
     for t in range(1, max_new):
         if stop_check_every and t % stop_check_every == 0:  # the loop's one host synchronisation
+            if replay_forced:
+                forced = forced_replay.forced_prompts(search, active, trie)
+                if bool(forced.any()):
+                    which = forced.nonzero()[:, 0]
+                    apart = decoder if bool(forced.all()) else decoder.split_off(which)
+                    forced_replay.replay(search, apart, active[which], t, trie, backend=backend)
             running = ~search.done[active]
             if not bool(running.any()):
                 break
@@ -160,6 +175,20 @@ class _Search:
         self.pool_tokens = torch.zeros(shape + (max_new,), dtype=torch.int64, device=device)
         self.pool_logprobs = torch.zeros(shape + (max_new,), device=device)
         self.done = torch.zeros(n_prompts, dtype=torch.bool, device=device)
+
+    _PER_PROMPT = ("running_states", "running_scores", "running_tokens", "running_logprobs", "pool_scores",
+                   "pool_states", "pool_lengths", "pool_tokens", "pool_logprobs", "done")
+
+    def select(self, prompts: torch.Tensor) -> "_Search":
+        """A search over these prompts alone (copies), to advance apart and `assign` back."""
+        sub = copy.copy(self)
+        for name in self._PER_PROMPT:
+            setattr(sub, name, getattr(self, name)[prompts])
+        return sub
+
+    def assign(self, prompts: torch.Tensor, sub: "_Search") -> None:
+        for name in self._PER_PROMPT:
+            getattr(self, name)[prompts] = getattr(sub, name)
 
     def last_tokens(self) -> torch.Tensor:
         return self.running_tokens[:, :, self.step]

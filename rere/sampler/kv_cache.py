@@ -13,6 +13,7 @@ prefilling every beam.
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
@@ -104,6 +105,13 @@ class BeamKVCache(Cache):
         for layer in self.layers:
             layer.expand(repeats, share_prompt=prompt_mask is not None)
 
+    def shallow_copy(self) -> "BeamKVCache":
+        """A cache sharing this one's tensors; `keep_prompts` on it leaves this one intact
+        (selecting rows makes new tensors)."""
+        other = copy.copy(self)
+        other.layers = [copy.copy(layer) for layer in self.layers]
+        return other
+
     def keep_prompts(self, prompts: torch.Tensor, repeats: int) -> None:
         """Keep only the rows of these prompts (indexes into the current prompts, in order;
         each prompt owns `repeats` consecutive rows)."""
@@ -193,12 +201,19 @@ class PromptDecoder:
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row; the logits `[rows, V]` of the next token."""
-        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        return self.extend(tokens.reshape(-1, 1))[:, -1]
+
+    def extend(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed `[rows, m]` tokens (m per row, in one forward); the logits `[rows, m, V]`
+        after each of them."""
+        m = tokens.shape[1]
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], m)], dim=1)
+        positions = self.next_position[:, None] + torch.arange(m, device=tokens.device)
         with shared_prompt_attention.active(self.model, self.cache) if self.share_prompt else contextlib.nullcontext():
-            out = self.model(input_ids=tokens.reshape(-1, 1), attention_mask=self.mask,
-                             position_ids=self.next_position[:, None], past_key_values=self.cache, use_cache=True)
-        self.next_position += 1
-        return out.logits[:, -1]
+            out = self.model(input_ids=tokens, attention_mask=self.mask, position_ids=positions,
+                             past_key_values=self.cache, use_cache=True)
+        self.next_position = self.next_position + m
+        return out.logits
 
     def keep_prompts(self, prompts: torch.Tensor) -> None:
         """Decode only these prompts from now on (indexes into the current prompts, in
@@ -206,6 +221,14 @@ class PromptDecoder:
         rows = (prompts[:, None] * self.repeats + torch.arange(self.repeats, device=prompts.device)).reshape(-1)
         self.cache.keep_prompts(prompts, self.repeats)
         self.mask, self.next_position = self.mask[rows], self.next_position[rows]
+
+    def split_off(self, prompts: torch.Tensor) -> "PromptDecoder":
+        """A decoder for these prompts alone (copies of their rows), to run apart from the
+        others; this one is left as it is."""
+        other = copy.copy(self)
+        other.cache = self.cache.shallow_copy()
+        other.keep_prompts(prompts)
+        return other
 
     def reorder(self, parents: torch.Tensor) -> None:
         """Row r continues from row parents[r] (within the same prompt: masks stay valid)."""
