@@ -171,6 +171,9 @@ class Catalog:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._positions
+
     def __repr__(self) -> str:
         return f"Catalog({len(self)} items, {self.kind})"
 

@@ -1,0 +1,1 @@
+"""The `rere` subcommands: each module registers its own parser with `register(commands)`."""

@@ -1,0 +1,71 @@
+"""`rere evaluate`: constrained beam search over a prepared split, HR@K/NDCG@K and the rest
+of `rere.metrics`, resumable (see rere/evaluation.py for the files it writes)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(commands) -> None:
+    parser = commands.add_parser("evaluate", help="rank items with a model over a prepared split and score them",
+                                 description=__doc__)
+    parser.add_argument("--data", required=True, help="prepared dataset folder (`rere prepare`)")
+    parser.add_argument("--model", required=True,
+                        help='a local Hugging Face model folder, or "smollm2" (the offline SmolLM2-135M-Instruct)')
+    parser.add_argument("--tokenizer", help='tokenizer folder or "qwen2" (default: the model\'s)')
+    parser.add_argument("-o", "--out", required=True, help="output folder (an interrupted run resumes from it)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--beams", type=int, default=50, help="beam width = items ranked per example (default 50)")
+    parser.add_argument("--batch-size", type=int, help="prompts per beam search (default: what fits in memory)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N examples")
+    parser.add_argument("--max-prompt-tokens", type=int, help="drop the oldest history items beyond this prompt length")
+    parser.add_argument("--exclude-history", action="store_true", help="never recommend an item of the user's history")
+    parser.add_argument("--template", help="prompt template file with {category} and {history} slots")
+    parser.add_argument("--device", help="default: cuda when a GPU is present, else cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                        help="model dtype (default: bfloat16 on a GPU, float32 on the CPU)")
+    parser.add_argument("--name", help="row name in the metrics table (default: the model's name)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+
+    from rere.data import Dataset
+    from rere.evaluation import evaluate
+    from rere.metrics import metrics_table
+    from rere.prompts import PromptTemplate
+
+    dataset = Dataset.load(args.data)
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
+    model, tokenizer = load_model(args.model, args.tokenizer, dtype)
+    model.to(args.device)
+    template = PromptTemplate.from_file(args.template) if args.template else None
+    name = args.name or Path(args.model).name
+    metrics = evaluate(model, tokenizer, dataset, args.out, args.split, num_beams=args.beams,
+                       batch_size=args.batch_size, template=template, max_prompt_tokens=args.max_prompt_tokens,
+                       exclude_history=args.exclude_history, limit=args.limit, name=name)
+    print(metrics_table({name: metrics}, extra=("coverage@10", "invalid_rate")))
+    print(f"wrote {args.out}/metrics.json, metrics.md and rankings.jsonl")
+
+
+def load_model(spec: str, tokenizer_spec: str | None, dtype):
+    """(model, tokenizer) from "smollm2" or a local folder; never from a model hub."""
+    from rere.tokenizers import load_tokenizer
+
+    if spec == "smollm2":
+        from rere.models import load_smollm2
+
+        model, tokenizer = load_smollm2(dtype=dtype)
+    else:
+        if not Path(spec).is_dir():
+            raise FileNotFoundError(f"--model {spec!r}: not a local model folder (rere never downloads from a hub), "
+                                    'and not "smollm2"')
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, local_files_only=True)
+        tokenizer = None
+    if tokenizer_spec is not None or tokenizer is None:
+        tokenizer = load_tokenizer(tokenizer_spec or spec)
+    return model.eval(), tokenizer

@@ -1,0 +1,185 @@
+"""Evaluate a generative recommender: constrained beam search over a split, ranked items per
+example, and the metrics of `rere.metrics`.
+
+`evaluate` writes into its output folder:
+
+    run.json        the settings (a resumed run must use the same ones)
+    rankings.jsonl  one line per example, in split order: {"example": i, "user", "target",
+                    "ranked": [item_id or null, ...] (best first; null = empty slot),
+                    "scores": [...]}; appended batch by batch and flushed, so an
+                    interrupted run resumes after the last complete line
+    metrics.json    `ranking_metrics` of every example, plus the settings
+    metrics.md      the same as a markdown table
+
+The beam width is 50 by default (the paper's evaluation). The batch size is chosen so the
+beam search's keys, values and logits fit a memory budget (`auto_batch_size`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from rere.data import Dataset, Example
+from rere.index import CatalogIndex
+from rere.prompts import PromptTemplate, Prompter
+from rere.sampler import beam_search
+
+DEFAULT_BEAMS = 50
+CPU_BUDGET_BYTES = 2 << 30  # the CPU has no free-memory query worth trusting: a fixed 2 GiB
+
+
+def evaluate(model, tokenizer, dataset: Dataset, out_dir: str | os.PathLike, split: str = "test", *,
+             num_beams: int = DEFAULT_BEAMS, batch_size: int | None = None, index: CatalogIndex | None = None,
+             template: PromptTemplate | None = None, max_prompt_tokens: int | None = None,
+             exclude_history: bool = False, limit: int | None = None, name: str = "model",
+             progress: bool = True) -> dict:
+    """Rank `num_beams` items for every example of `split` (the first `limit`), write the
+    files above and return the metrics. Resumes from `out_dir/rankings.jsonl` if present."""
+    from rere.metrics import metrics_table
+
+    examples = dataset.split(split)[:limit]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"name": name, "split": split, "examples": len(examples), "num_beams": num_beams,
+                "exclude_history": exclude_history, "max_prompt_tokens": max_prompt_tokens,
+                "template": (template or PromptTemplate()).text, "dataset": dataset.source}
+    _check_settings(out / "run.json", settings)
+    done = _completed(out / "rankings.jsonl")
+    device = next(model.parameters()).device
+    prompter = Prompter(dataset.catalog, dataset.category, template, tokenizer, max_prompt_tokens)
+    if index is None:
+        index = CatalogIndex.from_catalog(dataset.catalog, tokenizer, template=prompter.completion_format,
+                                          context=prompter.template.context, vocab_size=model.config.vocab_size)
+    index = index.to(device)
+    todo = [i for i in range(len(examples)) if i not in done]
+    if batch_size is None:
+        batch_size = auto_batch_size(model, num_beams, prompt_tokens=_longest_prompt(prompter, examples, tokenizer),
+                                     new_tokens=index.max_depth, device=device)
+    tokenizer.padding_side = "left"
+    with open(out / "rankings.jsonl", "a", encoding="utf-8") as sink, \
+            tqdm(total=len(examples), initial=len(examples) - len(todo), desc=f"evaluating {split}", unit="example",
+                 disable=not progress) as bar:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            for line in _rank(model, tokenizer, index, prompter, examples, batch, num_beams, exclude_history, device):
+                sink.write(json.dumps(line, ensure_ascii=False) + "\n")
+            sink.flush()
+            os.fsync(sink.fileno())
+            bar.update(len(batch))
+    metrics = {**metrics_of(dataset, examples, _completed(out / "rankings.jsonl")), "settings": settings}
+    write_atomically(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_atomically(out / "metrics.md", metrics_table({name: metrics}, extra=("coverage@10", "invalid_rate")) + "\n")
+    return metrics
+
+
+def _rank(model, tokenizer, index, prompter, examples, batch, num_beams, exclude_history, device):
+    chosen = [examples[i] for i in batch]
+    encoded = tokenizer([prompter.prompt(e.history) for e in chosen], return_tensors="pt", padding=True,
+                        add_special_tokens=False)
+    # Items of an index built by `CatalogIndex.from_catalog` are catalog positions.
+    exclude = [[prompter.catalog.index_of(h) for h in e.history] for e in chosen] if exclude_history else None
+    with torch.no_grad():
+        out = beam_search(model, index, encoded.input_ids.to(device), encoded.attention_mask.to(device),
+                          num_beams=num_beams, exclude_items=exclude)
+    ids = prompter.catalog.ids
+    for row, (i, example) in enumerate(zip(batch, chosen)):
+        ranked = [ids[item] if item >= 0 else None for item in out.item_ids[row].tolist()]
+        yield {"example": i, "user": example.user, "target": example.target, "ranked": ranked,
+               "scores": [round(s, 5) if np.isfinite(s) else None for s in out.scores[row].tolist()]}
+
+
+def metrics_of(dataset: Dataset, examples: list[Example], rankings: dict[int, dict]) -> dict:
+    """`ranking_metrics` over the ranked examples, with item popularity from the training
+    data (the train split, or where there is none every history in the dataset)."""
+    from rere.metrics import ranking_metrics
+
+    catalog = dataset.catalog
+    order = sorted(rankings)
+    ranked = [[catalog.index_of(item) if item is not None else -1 for item in rankings[i]["ranked"]] for i in order]
+    targets = [catalog.index_of(examples[i].target) for i in order]
+    return ranking_metrics(ranked, targets, catalog, train_counts=popularity_counts(dataset),
+                           history_lengths=[len(examples[i].history) for i in order])
+
+
+def popularity_counts(dataset: Dataset) -> np.ndarray:
+    """Interactions per catalog item in the training data: the train split's histories and
+    targets, or, without a train split, the histories of every split (never their targets)."""
+    counts = np.zeros(len(dataset.catalog), dtype=np.int64)
+    if "train" in dataset.splits:
+        items = [i for e in dataset.splits["train"] for i in (*e.history, e.target)]
+    else:
+        items = [i for examples in dataset.splits.values() for e in examples for i in e.history]
+    np.add.at(counts, [dataset.catalog.index_of(i) for i in items], 1)
+    return counts
+
+
+def auto_batch_size(model, num_beams: int, prompt_tokens: int, new_tokens: int, device: torch.device,
+                    budget_bytes: int | None = None) -> int:
+    """Prompts per beam search that fit `budget_bytes` (default: half the free GPU memory,
+    or 2 GiB on the CPU): each prompt holds its prompt's keys and values once, each beam its
+    generated ones, and each beam a row of full-vocabulary logits (fp32)."""
+    config = model.config.get_text_config()
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    element = next(model.parameters()).element_size()
+    per_token = 2 * config.num_hidden_layers * heads * head_dim * element
+    per_prompt = per_token * (prompt_tokens + num_beams * new_tokens) + num_beams * config.vocab_size * 4 * 3
+    if budget_bytes is None:
+        budget_bytes = torch.cuda.mem_get_info(device)[0] // 2 if device.type == "cuda" else CPU_BUDGET_BYTES
+    return max(1, int(budget_bytes // per_prompt))
+
+
+def write_atomically(path: Path, text: str) -> None:
+    fd, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+
+
+def _longest_prompt(prompter: Prompter, examples: list[Example], tokenizer) -> int:
+    """Tokens of the longest prompt by characters (one tokenizer call, not one per example)."""
+    longest = max((prompter.prompt(e.history) for e in examples), key=len, default="")
+    return max(1, len(tokenizer(longest, add_special_tokens=False)["input_ids"]))
+
+
+def _check_settings(path: Path, settings: dict) -> None:
+    if path.exists():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in settings if before.get(k) != settings[k])
+        if changed:
+            raise ValueError(f"{path.parent} holds a run with other settings ({', '.join(changed)} differ); "
+                             "use another output folder or delete it")
+    else:
+        write_atomically(path, json.dumps(settings, indent=2) + "\n")
+
+
+def _completed(path: Path) -> dict[int, dict]:
+    """Complete lines of a rankings file by example (a torn last line, from an interrupted
+    run, is cut off so that appending continues cleanly)."""
+    if not path.exists():
+        return {}
+    done, good_bytes = {}, 0
+    with open(path, "rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                break
+            done[line["example"]] = line
+            good_bytes += len(raw)
+    if good_bytes < path.stat().st_size:
+        with open(path, "r+b") as f:
+            f.truncate(good_bytes)
+    return done
