@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from rere.data import rere_csv, semantic_ids
+from rere.data import amazon_raw, movielens, rere_csv, semantic_ids, yelp
 
-SOURCES = (rere_csv, semantic_ids)  # each: NAME, HELP, add_arguments(parser), from_args(args) -> Dataset
+SOURCES = (rere_csv, semantic_ids, amazon_raw, yelp, movielens)  # each: NAME, HELP, add_arguments(parser), from_args(args) -> Dataset
 
 
 def register(commands) -> None:
