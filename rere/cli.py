@@ -4,15 +4,16 @@
     rere index info INDEX                 print what an index holds
     rere prepare SOURCE ... -o DIR        a dataset (ReRe CSV, raw Amazon, Yelp, MovieLens, semantic IDs) -> DIR
     rere evaluate --data DIR --model M -o OUT   rank with constrained beam search; HR@K, NDCG@K, ...
+    rere baseline popularity|sasrec --data DIR -o OUT   the comparison baselines, same metrics
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from rere.commands import evaluate, index, prepare
+from rere.commands import baseline, evaluate, index, prepare
 
-COMMANDS = (index, prepare, evaluate)  # each registers its subcommand(s)
+COMMANDS = (index, prepare, evaluate, baseline)  # each registers its subcommand(s)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rere.data import Dataset, Example
+from rere.files import write_atomically
 from rere.index import CatalogIndex
 from rere.prompts import PromptTemplate, Prompter
 from rere.sampler import beam_search
@@ -72,7 +72,7 @@ def evaluate(model, tokenizer, dataset: Dataset, out_dir: str | os.PathLike, spl
             sink.flush()
             os.fsync(sink.fileno())
             bar.update(len(batch))
-    metrics = {**metrics_of(dataset, examples, _completed(out / "rankings.jsonl")), "settings": settings}
+    metrics = {**metrics_of(dataset, split, examples, _completed(out / "rankings.jsonl")), "settings": settings}
     write_atomically(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_atomically(out / "metrics.md", metrics_table({name: metrics}, extra=("coverage@10", "invalid_rate")) + "\n")
     return metrics
@@ -94,29 +94,20 @@ def _rank(model, tokenizer, index, prompter, examples, batch, num_beams, exclude
                "scores": [round(s, 5) if np.isfinite(s) else None for s in out.scores[row].tolist()]}
 
 
-def metrics_of(dataset: Dataset, examples: list[Example], rankings: dict[int, dict]) -> dict:
-    """`ranking_metrics` over the ranked examples, with item popularity from the training
-    data (the train split, or where there is none every history in the dataset)."""
+def metrics_of(dataset: Dataset, split: str, examples: list[Example], rankings: dict[int, dict]) -> dict:
+    """`ranking_metrics` over the ranked examples, with item popularity counted over the
+    sequences a baseline evaluated on this split may train on (`training_data`: never a
+    target of this split), so that head/tail means the same for every row of a table."""
+    from rere.baselines.training_sequences import item_counts, training_data
     from rere.metrics import ranking_metrics
 
     catalog = dataset.catalog
     order = sorted(rankings)
     ranked = [[catalog.index_of(item) if item is not None else -1 for item in rankings[i]["ranked"]] for i in order]
     targets = [catalog.index_of(examples[i].target) for i in order]
-    return ranking_metrics(ranked, targets, catalog, train_counts=popularity_counts(dataset),
+    counts = item_counts(training_data(dataset, split).sequences, catalog)
+    return ranking_metrics(ranked, targets, catalog, train_counts=counts,
                            history_lengths=[len(examples[i].history) for i in order])
-
-
-def popularity_counts(dataset: Dataset) -> np.ndarray:
-    """Interactions per catalog item in the training data: the train split's histories and
-    targets, or, without a train split, the histories of every split (never their targets)."""
-    counts = np.zeros(len(dataset.catalog), dtype=np.int64)
-    if "train" in dataset.splits:
-        items = [i for e in dataset.splits["train"] for i in (*e.history, e.target)]
-    else:
-        items = [i for examples in dataset.splits.values() for e in examples for i in e.history]
-    np.add.at(counts, [dataset.catalog.index_of(i) for i in items], 1)
-    return counts
 
 
 def auto_batch_size(model, num_beams: int, prompt_tokens: int, new_tokens: int, device: torch.device,
@@ -133,17 +124,6 @@ def auto_batch_size(model, num_beams: int, prompt_tokens: int, new_tokens: int, 
     if budget_bytes is None:
         budget_bytes = torch.cuda.mem_get_info(device)[0] // 2 if device.type == "cuda" else CPU_BUDGET_BYTES
     return max(1, int(budget_bytes // per_prompt))
-
-
-def write_atomically(path: Path, text: str) -> None:
-    fd, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(staging, path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
 
 
 def _longest_prompt(prompter: Prompter, examples: list[Example], tokenizer) -> int:

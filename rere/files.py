@@ -1,0 +1,27 @@
+"""Files that are whole or absent: written beside their destination, then renamed over it,
+so an interrupted run never leaves a half-written file (and keeps any older one)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import BinaryIO
+
+
+def write_atomically(path: str | os.PathLike, content: str | Iterable[str] | Callable[[BinaryIO], None]) -> None:
+    """Write `content` (text, text chunks, or a function writing to a binary file) to `path`."""
+    path = Path(path)
+    fd, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(content):
+                content(f)
+            else:
+                for chunk in [content] if isinstance(content, str) else content:
+                    f.write(chunk.encode("utf-8"))
+        os.chmod(staging, 0o644)  # mkstemp makes it private; the result is an ordinary file
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
