@@ -24,9 +24,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from rere.baselines.training_sequences import item_counts, training_data
+from rere.catalog import Catalog
 from rere.data import Dataset, Example
 from rere.files import write_atomically
 from rere.index import CatalogIndex
+from rere.metrics import KS, metrics_table, ranking_metrics
 from rere.prompts import PromptTemplate, Prompter
 from rere.sampler import beam_search
 
@@ -41,8 +44,6 @@ def evaluate(model, tokenizer, dataset: Dataset, out_dir: str | os.PathLike, spl
              progress: bool = True) -> dict:
     """Rank `num_beams` items for every example of `split` (the first `limit`), write the
     files above and return the metrics. Resumes from `out_dir/rankings.jsonl` if present."""
-    from rere.metrics import metrics_table
-
     examples = dataset.split(split)[:limit]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -57,57 +58,61 @@ def evaluate(model, tokenizer, dataset: Dataset, out_dir: str | os.PathLike, spl
         index = CatalogIndex.from_catalog(dataset.catalog, tokenizer, template=prompter.completion_format,
                                           context=prompter.template.context, vocab_size=model.config.vocab_size)
     index = index.to(device)
-    todo = [i for i in range(len(examples)) if i not in done]
+    prompts = {i: prompter.prompt(examples[i].history) for i in range(len(examples)) if i not in done}
+    todo = list(prompts)
     if batch_size is None:
-        batch_size = auto_batch_size(model, num_beams, prompt_tokens=_longest_prompt(prompter, examples, tokenizer),
-                                     new_tokens=index.max_depth, device=device)
+        longest = max(prompts.values(), key=len, default="")  # by characters: one tokenizer call
+        prompt_tokens = max(1, len(tokenizer(longest, add_special_tokens=False)["input_ids"]))
+        batch_size = auto_batch_size(model, num_beams, prompt_tokens, index.max_depth, device)
     tokenizer.padding_side = "left"
     with open(out / "rankings.jsonl", "a", encoding="utf-8") as sink, \
             tqdm(total=len(examples), initial=len(examples) - len(todo), desc=f"evaluating {split}", unit="example",
                  disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
-            for line in _rank(model, tokenizer, index, prompter, examples, batch, num_beams, exclude_history, device):
+            for line in _rank(model, tokenizer, index, dataset.catalog, prompts, examples, batch, num_beams,
+                              exclude_history, device):
                 sink.write(json.dumps(line, ensure_ascii=False) + "\n")
             sink.flush()
             os.fsync(sink.fileno())
             bar.update(len(batch))
-    metrics = {**metrics_of(dataset, split, examples, _completed(out / "rankings.jsonl")), "settings": settings}
+    lines = _completed(out / "rankings.jsonl")
+    ranked = [[dataset.catalog.index_of(item) if item is not None else -1 for item in lines[i]["ranked"]]
+              for i in range(len(examples))]
+    metrics = {**split_metrics(dataset.catalog, examples, ranked, training_data(dataset, split).sequences),
+               "settings": settings}
     write_atomically(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_atomically(out / "metrics.md", metrics_table({name: metrics}, extra=("coverage@10", "invalid_rate")) + "\n")
     return metrics
 
 
-def _rank(model, tokenizer, index, prompter, examples, batch, num_beams, exclude_history, device):
-    chosen = [examples[i] for i in batch]
-    encoded = tokenizer([prompter.prompt(e.history) for e in chosen], return_tensors="pt", padding=True,
-                        add_special_tokens=False)
+def _rank(model, tokenizer, index, catalog, prompts, examples, batch, num_beams, exclude_history, device):
+    encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
     # Items of an index built by `CatalogIndex.from_catalog` are catalog positions.
-    exclude = [[prompter.catalog.index_of(h) for h in e.history] for e in chosen] if exclude_history else None
+    exclude = [[catalog.index_of(h) for h in examples[i].history] for i in batch] if exclude_history else None
     with torch.no_grad():
         out = beam_search(model, index, encoded.input_ids.to(device), encoded.attention_mask.to(device),
                           num_beams=num_beams, exclude_items=exclude)
-    ids = prompter.catalog.ids
-    for row, (i, example) in enumerate(zip(batch, chosen)):
-        ranked = [ids[item] if item >= 0 else None for item in out.item_ids[row].tolist()]
-        yield {"example": i, "user": example.user, "target": example.target, "ranked": ranked,
-               "scores": [round(s, 5) if np.isfinite(s) else None for s in out.scores[row].tolist()]}
+    for row, i in enumerate(batch):
+        scores = [round(s, 5) if np.isfinite(s) else None for s in out.scores[row].tolist()]
+        yield ranking_row(i, examples[i], [catalog.ids[p] if p >= 0 else None for p in out.item_ids[row].tolist()],
+                          scores)
 
 
-def metrics_of(dataset: Dataset, split: str, examples: list[Example], rankings: dict[int, dict]) -> dict:
-    """`ranking_metrics` over the ranked examples, with item popularity counted over the
-    sequences a baseline evaluated on this split may train on (`training_data`: never a
-    target of this split), so that head/tail means the same for every row of a table."""
-    from rere.baselines.training_sequences import item_counts, training_data
-    from rere.metrics import ranking_metrics
+def ranking_row(i: int, example: Example, ranked: list, scores: list | None = None) -> dict:
+    """One line of rankings.jsonl (the same for `rere evaluate` and `rere baseline`)."""
+    row = {"example": i, "user": example.user, "target": example.target, "ranked": ranked}
+    return row if scores is None else {**row, "scores": scores}
 
-    catalog = dataset.catalog
-    order = sorted(rankings)
-    ranked = [[catalog.index_of(item) if item is not None else -1 for item in rankings[i]["ranked"]] for i in order]
-    targets = [catalog.index_of(examples[i].target) for i in order]
-    counts = item_counts(training_data(dataset, split).sequences, catalog)
-    return ranking_metrics(ranked, targets, catalog, train_counts=counts,
-                           history_lengths=[len(examples[i].history) for i in order])
+
+def split_metrics(catalog: Catalog, examples: list[Example], ranked, training_sequences, ks=KS) -> dict:
+    """`ranking_metrics` of ranked catalog positions (-1: empty) for these examples, with item
+    popularity counted over `training_sequences`: what a baseline evaluated on this split may
+    train on (`training_data`, never a target of the split), so that head/tail means the same
+    in every row of a table, LLM or baseline."""
+    return ranking_metrics(ranked, [catalog.index_of(e.target) for e in examples], catalog, ks,
+                           train_counts=item_counts(training_sequences, catalog),
+                           history_lengths=[len(e.history) for e in examples])
 
 
 def auto_batch_size(model, num_beams: int, prompt_tokens: int, new_tokens: int, device: torch.device,
@@ -124,12 +129,6 @@ def auto_batch_size(model, num_beams: int, prompt_tokens: int, new_tokens: int, 
     if budget_bytes is None:
         budget_bytes = torch.cuda.mem_get_info(device)[0] // 2 if device.type == "cuda" else CPU_BUDGET_BYTES
     return max(1, int(budget_bytes // per_prompt))
-
-
-def _longest_prompt(prompter: Prompter, examples: list[Example], tokenizer) -> int:
-    """Tokens of the longest prompt by characters (one tokenizer call, not one per example)."""
-    longest = max((prompter.prompt(e.history) for e in examples), key=len, default="")
-    return max(1, len(tokenizer(longest, add_special_tokens=False)["input_ids"]))
 
 
 def _check_settings(path: Path, settings: dict) -> None:

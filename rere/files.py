@@ -9,6 +9,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 
+def check_format(info: dict, path: str | os.PathLike, expected: str, version: int) -> None:
+    """A saved file's "format"/"version" header must be the one this code reads."""
+    if info.get("format") != expected or info.get("version") != version:
+        raise ValueError(f"{path}: format {info.get('format')!r} version {info.get('version')!r}, "
+                         f"expected {expected!r} version {version}")
+
+
 def write_atomically(path: str | os.PathLike, content: str | Iterable[str] | Callable[[BinaryIO], None]) -> None:
     """Write `content` (text, text chunks, or a function writing to a binary file) to `path`."""
     path = Path(path)

@@ -85,7 +85,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, model_and_tokeniz
                                   progress=False)
     assert sum(ranked_prompts) == 5  # only the examples without a complete line
     assert (tmp_path / "cut" / "rankings.jsonl").read_text() == text
-    assert {k: v for k, v in resumed.items()} == whole
+    assert resumed == whole
 
 
 def test_other_settings_in_the_same_folder_are_refused(tmp_path, model_and_tokenizer):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rere.catalog import Catalog
-from rere.prompts import RERE_TEMPLATE, PromptTemplate, Prompter
+from rere.prompts import PromptTemplate, Prompter
 
 TITLES = Catalog.from_lists(["a", "b", "c"], ["Red Pen", "Blue Ink", "Pad of Paper, 50 Sheets"])
 
@@ -60,7 +60,3 @@ def test_prompt_plus_completion_tokenizes_as_prompt_then_index_sequence(qwen2):
         together = qwen2(prompt + prompter.completion(item), add_special_tokens=False)["input_ids"]
         alone = qwen2(prompt, add_special_tokens=False)["input_ids"]
         assert together == alone + tokenized.sequence(i)[:-1].tolist()  # the index adds EOS
-
-
-def test_default_template_is_the_rere_one():
-    assert PromptTemplate().text == RERE_TEMPLATE

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from rere.catalog import Catalog
 from rere.data.dataset import Example
-from rere.files import write_atomically
+from rere.files import check_format, write_atomically
 
 FORMAT, VERSION = "rere-sasrec", 1
 RANK_BATCH = 512  # histories scored at once: a [batch, catalog] score matrix
@@ -248,9 +248,7 @@ class SASRec:
         if not path.exists():
             raise FileNotFoundError(f"{folder} holds no saved SASRec model (no config.json)")
         info = json.loads(path.read_text())
-        if info.get("format") != FORMAT or info.get("version") != VERSION:
-            raise ValueError(f"{path}: format {info.get('format')!r} version {info.get('version')!r}, "
-                             f"expected {FORMAT!r} version {VERSION}")
+        check_format(info, path, FORMAT, VERSION)
         if info["items"] != len(catalog) or info["catalog_sha256"] != _fingerprint(catalog):
             raise ValueError(f"{path}: the model was trained on another catalog ({info['items']} items) "
                              f"than the one given ({len(catalog)} items)")

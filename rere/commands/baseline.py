@@ -61,10 +61,11 @@ def register(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from rere.baselines import Popularity, item_counts, training_data
+    from rere.baselines import Popularity, training_data
     from rere.data import Dataset
+    from rere.evaluation import ranking_row, split_metrics
     from rere.files import write_atomically
-    from rere.metrics import KS, metrics_table, ranking_metrics
+    from rere.metrics import KS, metrics_table
 
     dataset = Dataset.load(args.data)
     examples = dataset.split(args.split)
@@ -88,17 +89,14 @@ def run(args: argparse.Namespace) -> None:
     ranked = model.rank(examples, args.k)
 
     ks = tuple(k for k in KS if k <= args.k) or (args.k,)
-    metrics = ranking_metrics(ranked, [catalog.index_of(e.target) for e in examples], catalog, ks,
-                              train_counts=item_counts(data.sequences, catalog),
-                              history_lengths=[len(e.history) for e in examples])
+    metrics = split_metrics(catalog, examples, ranked, data.sequences, ks)
     name = args.name or NAMES[args.baseline] + (" (history excluded)" if args.exclude_history else "")
     settings = {key: value for key, value in vars(args).items() if key != "func"}
     table = metrics_table({name: metrics}, ks, extra=TABLE_EXTRA)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = ({"example": i, "user": e.user, "target": e.target,
-             "ranked": [catalog.ids[p] if p >= 0 else None for p in ranked[i].tolist()]}
+    rows = (ranking_row(i, e, [catalog.ids[p] if p >= 0 else None for p in ranked[i].tolist()])
             for i, e in enumerate(examples))
     write_atomically(out / "rankings.jsonl", (json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     result = {"name": name, **metrics, "training": training, "settings": settings}

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rere.catalog import Catalog
+from rere.files import check_format
 
 FORMAT, VERSION = "rere-dataset", 1
 SPLITS = ("train", "valid", "test")
@@ -127,9 +128,7 @@ class Dataset:
         if not meta.exists():
             raise FileNotFoundError(f"{folder} is not a prepared dataset (no dataset.json); make one with `rere prepare`")
         info = json.loads(meta.read_text())
-        if info.get("format") != FORMAT or info.get("version") != VERSION:
-            raise ValueError(f"{meta}: format {info.get('format')!r} version {info.get('version')!r}, "
-                             f"expected {FORMAT!r} version {VERSION}")
+        check_format(info, meta, FORMAT, VERSION)
         catalog = Catalog.from_json(folder / "catalog.json")
         splits = {}
         for name in info["splits"]:

@@ -129,10 +129,10 @@ def beam_search(
     for t in range(1, max_new):
         if stop_check_every and t % stop_check_every == 0:  # the loop's one host synchronisation
             if replay_forced:
-                forced = forced_replay.forced_prompts(search, active, trie)
-                if bool(forced.any()):
-                    which = forced.nonzero()[:, 0]
-                    apart = decoder if bool(forced.all()) else decoder.split_off(which)
+                forced = forced_replay.forced_prompts(search, active, trie).cpu()  # one transfer for both tests
+                if forced.any():
+                    which = forced.nonzero()[:, 0].to(device)
+                    apart = decoder if forced.all() else decoder.split_off(which)
                     forced_replay.replay(search, apart, active[which], t, trie, backend=backend)
             running = ~search.done[active]
             if not bool(running.any()):
@@ -176,18 +176,19 @@ class _Search:
         self.pool_logprobs = torch.zeros(shape + (max_new,), device=device)
         self.done = torch.zeros(n_prompts, dtype=torch.bool, device=device)
 
-    _PER_PROMPT = ("running_states", "running_scores", "running_tokens", "running_logprobs", "pool_scores",
-                   "pool_states", "pool_lengths", "pool_tokens", "pool_logprobs", "done")
+    def _per_prompt(self) -> list[str]:
+        """Every tensor of the search is indexed by prompt first."""
+        return [name for name, value in vars(self).items() if isinstance(value, torch.Tensor)]
 
     def select(self, prompts: torch.Tensor) -> "_Search":
         """A search over these prompts alone (copies), to advance apart and `assign` back."""
         sub = copy.copy(self)
-        for name in self._PER_PROMPT:
+        for name in self._per_prompt():
             setattr(sub, name, getattr(self, name)[prompts])
         return sub
 
     def assign(self, prompts: torch.Tensor, sub: "_Search") -> None:
-        for name in self._PER_PROMPT:
+        for name in self._per_prompt():
             getattr(self, name)[prompts] = getattr(sub, name)
 
     def last_tokens(self) -> torch.Tensor:
