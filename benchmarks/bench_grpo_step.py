@@ -46,8 +46,7 @@ import pytest
 import torch
 from transformers import LogitsProcessorList
 
-from bench_sampler import BEAMS, N_PROMPTS, SHARED, PrefixDictProcessor, history_prompts, load_model
-from rere.catalog import Catalog
+from bench_sampler import BEAMS, N_PROMPTS, PrefixDictProcessor, amazon_case, history_prompts
 from rere.index import CatalogIndex
 from rere.sampler import beam_search
 from rere.trainer.grpo_loss import grpo_loss
@@ -304,13 +303,7 @@ MEASURED: dict = {}  # side -> {"phases": ..., "first": StepResult}, for the cro
 
 @pytest.fixture(scope="module")
 def case():
-    if not (SHARED / "info.txt").exists():
-        pytest.skip(f"real data not found at {SHARED}: put ../shared/data beside the checkout")
-    model, tokenizer, name = load_model()
-    catalog = Catalog.from_tsv(SHARED / "info.txt")
-    tokenized = catalog.tokenize(tokenizer)
-    seqs = [tokenized.sequence(i).tolist() for i in range(len(catalog))]
-    index = CatalogIndex.from_catalog(catalog, tokenizer, vocab_size=model.config.vocab_size)
+    model, tokenizer, name, seqs, index = amazon_case()
     prompt_ids = tokenizer(history_prompts(N_PROMPTS))["input_ids"]
     built = build_case(model, index, seqs, prompt_ids, BEAMS, tokenizer.eos_token_id)
     built.name = name

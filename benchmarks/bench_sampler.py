@@ -83,8 +83,9 @@ def history_prompts(n: int) -> list[str]:
     return prompts
 
 
-@pytest.fixture(scope="module")
-def amazon_setup():
+def amazon_case():
+    """(model, tokenizer, model name, catalog token sequences, index) for the shared Amazon
+    catalog; skips the benchmark where the shared data is absent."""
     if not (SHARED / "info.txt").exists():
         pytest.skip(f"real data not found at {SHARED}: put ../shared/data beside the checkout")
     model, tokenizer, name = load_model()
@@ -92,6 +93,12 @@ def amazon_setup():
     tokenized = catalog.tokenize(tokenizer)
     seqs = [tokenized.sequence(i).tolist() for i in range(len(catalog))]
     index = CatalogIndex.from_catalog(catalog, tokenizer, vocab_size=model.config.vocab_size)
+    return model, tokenizer, name, seqs, index
+
+
+@pytest.fixture(scope="module")
+def amazon_setup():
+    model, tokenizer, name, seqs, index = amazon_case()
     tokenizer.padding_side = "left"
     batch = tokenizer(history_prompts(N_PROMPTS), return_tensors="pt", padding=True)
     return model, tokenizer, name, seqs, index, batch

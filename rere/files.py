@@ -3,6 +3,7 @@ so an interrupted run never leaves a half-written file (and keeps any older one)
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -32,3 +33,26 @@ def write_atomically(path: str | os.PathLike, content: str | Iterable[str] | Cal
     except BaseException:
         Path(staging).unlink(missing_ok=True)
         raise
+
+
+def write_folder_atomically(folder: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
+    """Build a folder aside (`fill(staging)`) and rename it into place, replacing any folder
+    there: readers see the old folder or the new one, never half of one; a failing `fill`
+    leaves the old one untouched."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        fill(staging)
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            folder.rename(old)
+            staging.rename(folder)
+            shutil.rmtree(old)
+        else:
+            staging.rename(folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder

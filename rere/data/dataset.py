@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rere.catalog import Catalog
-from rere.files import check_format
+from rere.files import check_format, write_folder_atomically
 
 FORMAT, VERSION = "rere-dataset", 1
 SPLITS = ("train", "valid", "test")
@@ -93,9 +91,8 @@ class Dataset:
         folder = Path(folder)
         if folder.exists() and not overwrite:
             raise FileExistsError(f"{folder} exists; choose another folder or overwrite it")
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
+
+        def fill(staging: Path) -> None:
             info = {"format": FORMAT, "version": VERSION, "source": self.source, "category": self.category,
                     "item_kind": self.catalog.kind, "items": len(self.catalog),
                     "splits": {name: len(examples) for name, examples in self.splits.items()},
@@ -108,18 +105,8 @@ class Dataset:
                 with open(staging / f"{name}.jsonl", "w", encoding="utf-8") as f:
                     for example in examples:
                         f.write(json.dumps(example.to_json(), ensure_ascii=False) + "\n")
-            if folder.exists():
-                old = folder.with_name(f".{folder.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                folder.rename(old)
-                staging.rename(folder)
-                shutil.rmtree(old)
-            else:
-                staging.rename(folder)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return folder
+
+        return write_folder_atomically(folder, fill)
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "Dataset":

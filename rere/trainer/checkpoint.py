@@ -28,7 +28,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import warnings
 from collections import defaultdict
 from collections.abc import Callable
@@ -42,7 +41,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file, save_model
 from torch import nn
 
-from rere.files import check_format, write_atomically
+from rere.files import check_format, write_atomically, write_folder_atomically
 
 FORMAT, VERSION = "rere-checkpoint", 1
 LATEST = "latest"
@@ -154,21 +153,12 @@ def save_pretrained(model, tokenizer, folder: Path) -> None:
     LoRA adapters are merged into a copy (the training model keeps them)."""
     if hasattr(model, "merge_and_unload"):
         model = copy.deepcopy(model).merge_and_unload()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+
+    def fill(staging: Path) -> None:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            folder.rename(old)
-            staging.rename(folder)
-            shutil.rmtree(old)
-        else:
-            staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    write_folder_atomically(folder, fill)
 
 
 
