@@ -31,7 +31,7 @@ from rere.files import write_atomically
 from rere.index import CatalogIndex
 from rere.metrics import KS, metrics_table, ranking_metrics
 from rere.prompts import PromptTemplate, Prompter
-from rere.sampler import beam_search
+from rere.sampler import beam_search, left_pad
 
 DEFAULT_BEAMS = 50
 CPU_BUDGET_BYTES = 2 << 30  # the CPU has no free-memory query worth trusting: a fixed 2 GiB
@@ -101,9 +101,9 @@ def rank_prompts(model, tokenizer, index: CatalogIndex, prompts: list[str], num_
     slot) and their scores, best first. `exclude[p]`: items never returned for prompt p.
     Used by `evaluate` and by the trainers' periodic validation (`rere.trainer.validation`)."""
     device = next(model.parameters()).device
-    encoded = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    ids, mask = left_pad(tokenizer(prompts, add_special_tokens=False).input_ids)
     with torch.no_grad():
-        out = beam_search(model, index, encoded.input_ids.to(device), encoded.attention_mask.to(device),
+        out = beam_search(model, index, ids.to(device), mask.to(device),
                           num_beams=num_beams, exclude_items=exclude)
     return out.item_ids.tolist(), out.scores.tolist()
 

@@ -6,6 +6,7 @@ Importable without rere's trainer or its dependencies: TRL, verl or a home-grown
 """
 from rere.sampler.beam_search import BeamSearchOutput, beam_search
 from rere.sampler.exclusion import ExcludedItems
+from rere.sampler.padding import left_pad
 from rere.sampler.sampling import SampleOutput, sample
 
-__all__ = ["BeamSearchOutput", "ExcludedItems", "SampleOutput", "beam_search", "sample"]
+__all__ = ["BeamSearchOutput", "ExcludedItems", "SampleOutput", "beam_search", "left_pad", "sample"]

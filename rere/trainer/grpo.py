@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from rere.data.dataset import Dataset
 from rere.index import CatalogIndex
 from rere.prompts import Prompter, PromptTemplate
-from rere.sampler import beam_search, sample
+from rere.sampler import beam_search, left_pad, sample
 from rere.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_pretrained
 from rere.trainer.config import config_to_dict, save_config
 from rere.trainer.distributed import Distributed, no_sync, unwrap, wrap_model
@@ -123,7 +123,7 @@ class GRPOTrainer:
         with torch.no_grad(), self._autocast():
             for start in range(0, len(prompts), cfg.rollout_batch):
                 chunk = prompts[start:start + cfg.rollout_batch]
-                ids, mask = _left_pad(chunk, self.tokenizer.pad_token_id or 0)
+                ids, mask = left_pad(chunk)
                 exclude = None
                 if cfg.exclude_history:
                     exclude = [[self.dataset.catalog.index_of(h) for h in e.history]
@@ -288,16 +288,6 @@ class GRPOTrainer:
         if self.reference is not None and self.config.ref_sync_every:
             return {"reference": self.reference.model}
         return {}
-
-
-def _left_pad(prompts: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(p.numel() for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.int64)
-    mask = torch.zeros((len(prompts), width), dtype=torch.int64)
-    for row, p in enumerate(prompts):
-        ids[row, width - p.numel():] = p
-        mask[row, width - p.numel():] = 1
-    return ids, mask
 
 
 def _concat_padded(parts: list[torch.Tensor], pad: int) -> torch.Tensor:
