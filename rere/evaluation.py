@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 from rere.baselines.training_sequences import item_counts, training_data
 from rere.catalog import Catalog
 from rere.data import Dataset, Example
-from rere.files import write_atomically
+from rere.files import check_settings, complete_jsonl_lines, write_atomically
 from rere.index import CatalogIndex
 from rere.metrics import KS, metrics_table, ranking_metrics
 from rere.prompts import PromptTemplate, Prompter
@@ -45,53 +46,73 @@ def evaluate(model, tokenizer, dataset: Dataset, out_dir: str | os.PathLike, spl
     """Rank `num_beams` items for every example of `split` (the first `limit`), write the
     files above and return the metrics. Resumes from `out_dir/rankings.jsonl` if present."""
     examples = dataset.split(split)[:limit]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     settings = {"name": name, "split": split, "examples": len(examples), "num_beams": num_beams,
                 "exclude_history": exclude_history, "max_prompt_tokens": max_prompt_tokens,
                 "template": (template or PromptTemplate()).text, "dataset": dataset.source}
-    _check_settings(out / "run.json", settings)
-    done = _completed(out / "rankings.jsonl")
     device = next(model.parameters()).device
     prompter = Prompter(dataset.catalog, dataset.category, template, tokenizer, max_prompt_tokens)
     if index is None:
         index = CatalogIndex.from_catalog(dataset.catalog, tokenizer, template=prompter.completion_format,
                                           context=prompter.template.context, vocab_size=model.config.vocab_size)
     index = index.to(device)
-    prompts = {i: prompter.prompt(examples[i].history) for i in range(len(examples)) if i not in done}
-    todo = list(prompts)
-    if batch_size is None:
-        longest = max(prompts.values(), key=len, default="")  # by characters: one tokenizer call
+    prompts: dict[int, str] = {}
+
+    def prompt(i: int) -> str:
+        if i not in prompts:
+            prompts[i] = prompter.prompt(examples[i].history)
+        return prompts[i]
+
+    def sized_batch(todo: list[int]) -> int:
+        if batch_size is not None:
+            return batch_size
+        longest = max((prompt(i) for i in todo), key=len, default="")  # by characters: one tokenizer call
         prompt_tokens = max(1, len(tokenizer(longest, add_special_tokens=False)["input_ids"]))
-        batch_size = auto_batch_size(model, num_beams, prompt_tokens, index.max_depth, device)
+        return auto_batch_size(model, num_beams, prompt_tokens, index.max_depth, device)
+
+    def rank(batch: list[int]):
+        # Items of an index built by `CatalogIndex.from_catalog` are catalog positions.
+        exclude = [[dataset.catalog.index_of(h) for h in examples[i].history] for i in batch] if exclude_history else None
+        return rank_prompts(model, tokenizer, index, [prompt(i) for i in batch], num_beams, exclude)
+
+    return evaluate_rankings(dataset, examples, out_dir, split, settings, rank, sized_batch, name=name,
+                             progress=progress)
+
+
+def evaluate_rankings(dataset: Dataset, examples: list[Example], out_dir: str | os.PathLike, split: str,
+                      settings: dict, rank: Callable[[list[int]], tuple[list[list[int]], list[list[float]]]],
+                      batch_size: int | Callable[[list[int]], int], *, name: str, progress: bool = True) -> dict:
+    """The resumable loop behind every ranking method (ReRe's beam search, RPORec's head):
+    `rank(example indices) -> (ranked catalog positions, scores)` per batch, appended to
+    `rankings.jsonl`; then `metrics.json` and `metrics.md`. `settings` must match those of
+    a run being resumed. `batch_size` may be a function of the examples still to rank."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    check_settings(out / "run.json", settings)
+    done = complete_jsonl_lines(out / "rankings.jsonl")
+    todo = [i for i in range(len(examples)) if i not in done]
+    size = batch_size(todo) if callable(batch_size) else batch_size
+    catalog = dataset.catalog
     with open(out / "rankings.jsonl", "a", encoding="utf-8") as sink, \
             tqdm(total=len(examples), initial=len(examples) - len(todo), desc=f"evaluating {split}", unit="example",
                  disable=not progress) as bar:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            for line in _rank(model, tokenizer, index, dataset.catalog, prompts, examples, batch, num_beams,
-                              exclude_history):
+        for start in range(0, len(todo), size):
+            batch = todo[start:start + size]
+            ranked, scores = rank(batch)
+            for row, i in enumerate(batch):
+                line = ranking_row(i, examples[i], [catalog.ids[p] if p >= 0 else None for p in ranked[row]],
+                                   [round(float(s), 5) if np.isfinite(s) else None for s in scores[row]])
                 sink.write(json.dumps(line, ensure_ascii=False) + "\n")
             sink.flush()
             os.fsync(sink.fileno())
             bar.update(len(batch))
-    lines = _completed(out / "rankings.jsonl")
-    ranked = [[dataset.catalog.index_of(item) if item is not None else -1 for item in lines[i]["ranked"]]
+    lines = complete_jsonl_lines(out / "rankings.jsonl")
+    ranked = [[catalog.index_of(item) if item is not None else -1 for item in lines[i]["ranked"]]
               for i in range(len(examples))]
-    metrics = {**split_metrics(dataset.catalog, examples, ranked, training_data(dataset, split).sequences),
+    metrics = {**split_metrics(catalog, examples, ranked, training_data(dataset, split).sequences),
                "settings": settings}
     write_atomically(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_atomically(out / "metrics.md", metrics_table({name: metrics}, extra=("coverage@10", "invalid_rate")) + "\n")
     return metrics
-
-
-def _rank(model, tokenizer, index, catalog, prompts, examples, batch, num_beams, exclude_history):
-    # Items of an index built by `CatalogIndex.from_catalog` are catalog positions.
-    exclude = [[catalog.index_of(h) for h in examples[i].history] for i in batch] if exclude_history else None
-    ranked, scores = rank_prompts(model, tokenizer, index, [prompts[i] for i in batch], num_beams, exclude)
-    for row, i in enumerate(batch):
-        yield ranking_row(i, examples[i], [catalog.ids[p] if p >= 0 else None for p in ranked[row]],
-                          [round(s, 5) if np.isfinite(s) else None for s in scores[row]])
 
 
 def rank_prompts(model, tokenizer, index: CatalogIndex, prompts: list[str], num_beams: int,
@@ -138,36 +159,3 @@ def auto_batch_size(model, num_beams: int, prompt_tokens: int, new_tokens: int, 
     if budget_bytes is None:
         budget_bytes = torch.cuda.mem_get_info(device)[0] // 2 if device.type == "cuda" else CPU_BUDGET_BYTES
     return max(1, int(budget_bytes // per_prompt))
-
-
-def _check_settings(path: Path, settings: dict) -> None:
-    if path.exists():
-        before = json.loads(path.read_text())
-        changed = sorted(k for k in settings if before.get(k) != settings[k])
-        if changed:
-            raise ValueError(f"{path.parent} holds a run with other settings ({', '.join(changed)} differ); "
-                             "use another output folder or delete it")
-    else:
-        write_atomically(path, json.dumps(settings, indent=2) + "\n")
-
-
-def _completed(path: Path) -> dict[int, dict]:
-    """Complete lines of a rankings file by example (a torn last line, from an interrupted
-    run, is cut off so that appending continues cleanly)."""
-    if not path.exists():
-        return {}
-    done, good_bytes = {}, 0
-    with open(path, "rb") as f:
-        for raw in f:
-            if not raw.endswith(b"\n"):
-                break
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                break
-            done[line["example"]] = line
-            good_bytes += len(raw)
-    if good_bytes < path.stat().st_size:
-        with open(path, "r+b") as f:
-            f.truncate(good_bytes)
-    return done

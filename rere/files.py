@@ -2,6 +2,7 @@
 so an interrupted run never leaves a half-written file (and keeps any older one)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -56,3 +57,41 @@ def write_folder_atomically(folder: str | os.PathLike, fill: Callable[[Path], No
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return folder
+
+
+def check_settings(path: str | os.PathLike, settings: dict, what: str = "a run") -> None:
+    """A resumable output folder holds one run: the first call writes `settings` to `path`
+    (JSON); later calls must pass the same settings, or resuming would mix two runs."""
+    path = Path(path)
+    settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back
+    if path.exists():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in settings.keys() | before.keys() if before.get(k) != settings.get(k))
+        if changed:
+            raise ValueError(f"{path.parent} holds {what} with other settings ({', '.join(changed)} differ): "
+                             "use another output folder or delete it")
+    else:
+        write_atomically(path, json.dumps(settings, indent=2) + "\n")
+
+
+def complete_jsonl_lines(path: str | os.PathLike, key: str = "example") -> dict:
+    """The complete lines of an append-only JSONL file, by their `key` field. A torn last
+    line (from an interrupted run) is cut off, so that appending continues cleanly."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    done, good_bytes = {}, 0
+    with open(path, "rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                break
+            done[line[key]] = line
+            good_bytes += len(raw)
+    if good_bytes < path.stat().st_size:
+        with open(path, "r+b") as f:
+            f.truncate(good_bytes)
+    return done

@@ -57,7 +57,7 @@ def target_ranks(ranked, targets, catalog: Catalog) -> np.ndarray:
     """
     matrix, _ = _ranked_matrix(ranked, len(catalog))
     target = _targets(targets, matrix.shape[0], len(catalog))
-    return _ranks(matrix, target, _identifier_groups(catalog))
+    return _ranks(matrix, target, identifier_groups(catalog))
 
 
 def _ranks(matrix: np.ndarray, target: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -71,7 +71,7 @@ def _ranks(matrix: np.ndarray, target: np.ndarray, groups: np.ndarray) -> np.nda
     return np.where(hit[np.arange(n), first], first, -1).astype(np.int64)
 
 
-def _identifier_groups(catalog: Catalog) -> np.ndarray:
+def identifier_groups(catalog: Catalog) -> np.ndarray:
     """int64 [len(catalog)]: the same id for items with equal identifiers (cached per catalog).
 
     One dict pass over the identifiers, about 0.3 us an item.
@@ -234,7 +234,7 @@ def ranking_metrics(
     if not 0.0 <= head_share <= 1.0:
         raise ValueError(f"head_share must be in [0, 1], got {head_share}")
 
-    ranks = _ranks(matrix, target, _identifier_groups(catalog))
+    ranks = _ranks(matrix, target, identifier_groups(catalog))
     result: dict = {"examples": n}
     result.update(_accuracy(ranks, ks))
 

@@ -144,7 +144,9 @@ def run_demo(out, *, gpu: bool = False, source: str = "ml-100k", settings: DemoS
         settings = dataclasses.replace(settings, eval_bf16=native_bf16())
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_settings(out / "settings.json", {"source": source, **dataclasses.asdict(settings)})
+    from rere.files import check_settings
+
+    check_settings(out / "settings.json", {"source": source, **dataclasses.asdict(settings)}, "a demo")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"rere demo: {out}/ on {device} ({torch.get_num_threads()} CPU threads, "
           f"{'bf16' if settings.eval_bf16 else 'fp32'} evaluation), {'GPU (reference)' if gpu else 'CPU'} settings",
@@ -471,19 +473,6 @@ def _run_command(argv: list[str]) -> None:
 
     args = make_parser().parse_args(argv)
     args.func(args)
-
-
-def _check_settings(path: Path, settings: dict) -> None:
-    """A demo folder holds one demo: resuming it with other settings would mix them in the table."""
-    settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back
-    if path.exists():
-        before = json.loads(path.read_text())
-        changed = sorted(k for k in settings.keys() | before.keys() if before.get(k) != settings.get(k))
-        if changed:
-            raise ValueError(f"{path.parent} holds a demo with other settings ({', '.join(changed)} differ): "
-                             "use another --out or delete it")
-    else:
-        _write_json(path, settings)
 
 
 def _read_json(path: Path):

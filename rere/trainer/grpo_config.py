@@ -1,4 +1,8 @@
-"""ReRe's settings, as a dataclass of plain defaults (the reference setup where it has one).
+"""GRPO settings, as dataclasses of plain defaults (the ReRe reference setup where it has one).
+
+`GRPOSettings` holds what every GRPO trainer here shares (the objective, optimisation,
+data and running: `grpo_loop.GRPOLoop`); `GRPOConfig` adds ReRe's rollouts and rewards
+(`grpo.GRPOTrainer`), `rere.rporec.stage2.Stage2Config` RPORec's.
 
 Kept free of torch so that `rere --help` and the CLI's flags load fast.
 """
@@ -15,16 +19,12 @@ def _help(text: str, **kwargs):
 
 
 @dataclass
-class GRPOConfig:
+class GRPOSettings:
     # rollouts
-    num_generations: int = _help("G: beams (or samples) per prompt", default=16)
-    rollout: str = _help('"beam" (constrained beam search, ReRe) or "sample" (G independent draws)', default="beam")
-    temperature: float = _help("sampling temperature (rollout \"sample\" only)", default=1.0)
+    num_generations: int = _help("G: completions per prompt", default=16)
     prompts_per_step: int = _help("prompts per step over all ranks (ReRe: 32)", default=32)
-    rollout_batch: int = _help("prompts per beam_search call", default=16)
-    exclude_history: bool = _help("never roll out an item of the user's history", default=False)
-    # rewards and objective
-    rewards: tuple[str, ...] = _help(f"reward functions, summed: any of {REWARD_NAMES}", default=("rule", "ranking"))
+    rollout_batch: int = _help("prompts per rollout call", default=16)
+    # objective
     loss_type: str = _help(f"one of {LOSS_TYPES}", default="grpo")
     epsilon_low: float = _help("ratio clip below 1", default=0.2)
     epsilon_high: float = _help("ratio clip above 1 (DAPO uses 0.28)", default=0.2)
@@ -52,9 +52,19 @@ class GRPOConfig:
     # running
     eval_every: int = _help("validate every N steps (0 = only at the end)", default=50)
     eval_examples: int = _help("validation examples per evaluation", default=200)
-    eval_beams: int = _help("beams at validation", default=20)
     save_every: int = _help("checkpoint every N steps", default=50)
     keep_checkpoints: int = _help("checkpoints kept", default=2)
     seed: int = _help("seed for data order and sampling", default=0)
     device: str | None = _help("cpu / cuda (default: cuda when present)", default=None)
-    bf16: bool | None = _help("bfloat16 weights on CUDA (default: on with CUDA)", default=None)
+    bf16: bool | None = _help("bfloat16 autocast (default: on with CUDA)", default=None)
+
+
+@dataclass
+class GRPOConfig(GRPOSettings):
+    """ReRe: constrained beam-search rollouts over the catalog, rule + ranking rewards."""
+
+    rollout: str = _help('"beam" (constrained beam search, ReRe) or "sample" (G independent draws)', default="beam")
+    temperature: float = _help("sampling temperature (rollout \"sample\" only)", default=1.0)
+    exclude_history: bool = _help("never roll out an item of the user's history", default=False)
+    rewards: tuple[str, ...] = _help(f"reward functions, summed: any of {REWARD_NAMES}", default=("rule", "ranking"))
+    eval_beams: int = _help("beams at validation", default=20)

@@ -63,12 +63,15 @@ def ranking_reward(groups: Groups) -> torch.Tensor:
 REWARDS: dict[str, RewardFn] = {"rule": rule_reward, "ranking": ranking_reward}
 
 
-def total_reward(groups: Groups, rewards: list[RewardFn], weights: list[float] | None = None) -> torch.Tensor:
-    """Weighted sum of the reward functions (weights default to 1), 0 on empty slots."""
+def total_reward(groups, rewards: list[Callable], weights: list[float] | None = None) -> torch.Tensor:
+    """Weighted sum of the reward functions (weights default to 1), 0 on empty slots.
+
+    `groups`: anything with a bool `valid` [P, G] (ReRe's `Groups`, RPORec's
+    `rere.rporec.rewards.ReasoningGroups`); each function must return [P, G]."""
     weights = weights or [1.0] * len(rewards)
     if len(weights) != len(rewards):
         raise ValueError(f"{len(weights)} reward weights for {len(rewards)} reward functions")
-    total = torch.zeros(groups.hits.shape)
+    total = torch.zeros(groups.valid.shape)
     for reward, weight in zip(rewards, weights):
         value = reward(groups)
         if value.shape != total.shape:

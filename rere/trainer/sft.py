@@ -102,6 +102,7 @@ def train_sft(model, tokenizer, dataset: Dataset, config: SFTConfig, run_dir, *,
     checkpoint = latest_checkpoint(run_dir)
     if not resume and (checkpoint is not None or (run_dir / "metrics.jsonl").exists()):
         raise FileExistsError(f"{run_dir} holds a training run: resume it (--resume) or choose another folder")
+    dist.barrier()  # every rank has looked at the folder before rank 0 writes into it
     torch.manual_seed(cfg.seed)  # LoRA's initialisation
     if cfg.lora_r:
         from peft import LoraConfig, get_peft_model

@@ -1,0 +1,291 @@
+"""The GRPO loop every trainer here shares: rollouts in, advantages, a prefix-shared update.
+
+A trainer (ReRe's `grpo.GRPOTrainer`, RPORec's `rere.rporec.stage2.Stage2Trainer`) says how
+to roll out and reward a step's prompts (`rollout`) and how to validate (`validate`); this
+class does the rest, the same way for both:
+
+1. this rank's share of the step's prompts (`step_examples`: an epoch's order is seeded, so
+   a resumed run sees the prompts an uninterrupted one does);
+2. the trainer's `Rollout`: each prompt's tokens, G completions, their rewards;
+3. group advantages `(r - mean_G) / (std_G + 1e-4)`;
+4. the update: the groups packed with their prompt once (`packed_logprobs.py`), the
+   reference (and, with several passes, the old policy) scored without gradient the same
+   way, then `num_iterations` optimizer steps, micro-batch by micro-batch (`grpo_loss.py`);
+5. metrics, periodic validation (the best model by validation NDCG@10 in best/), atomic
+   checkpoints and an exact `resume`, the metrics plot at the end.
+
+The reference is a frozen copy of the starting model, or with LoRA the adapter-disabled
+base; `ref_sync_every` soft-updates the copy towards the policy.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from rere.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_pretrained
+from rere.trainer.config import config_to_dict, save_config
+from rere.trainer.distributed import Distributed, no_sync, unwrap, wrap_model
+from rere.trainer.grpo_config import LOSS_TYPES, GRPOSettings
+from rere.trainer.grpo_loss import grpo_loss
+from rere.trainer.metrics_log import DEFAULT_PANELS, MetricsLog, plot_metrics
+from rere.trainer.packed_logprobs import CompletionScorer, pack_groups
+from rere.trainer.rewards import group_advantages
+
+
+@dataclass
+class Rollout:
+    """One step's rollouts on this rank: P prompts x G completions."""
+
+    prompts: list[torch.Tensor]  # P 1-D int64 token ids, unpadded
+    completions: torch.Tensor  # int64 [P, G, T], padding after each completion's length
+    lengths: torch.Tensor  # int64 [P, G]: tokens of each completion (0 = empty slot, no loss)
+    rewards: torch.Tensor  # float32 [P, G]
+    metrics: dict = field(default_factory=dict)  # the trainer's own step metrics (floats)
+
+    @property
+    def valid(self) -> torch.Tensor:
+        return self.lengths > 0
+
+
+class GRPOLoop:
+    """`run()` does the steps, `step()` one of them; subclasses define `rollout`,
+    `validate`, `max_completion_length` and may set `panels` (metrics.png)."""
+
+    name = "GRPO"
+    panels = DEFAULT_PANELS
+
+    def __init__(self, model, tokenizer, examples: list, valid: list, config: GRPOSettings, run_dir, *,
+                 dist: Distributed | None = None, progress: bool = True, temperature: float = 1.0):
+        self.config, self.dist, self.tokenizer = config, dist or Distributed(), tokenizer
+        self.run_dir, self.progress = Path(run_dir), progress and self.dist.is_main
+        if config.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {config.loss_type!r}")
+        if not examples:
+            raise ValueError("no training examples")
+        torch.manual_seed(config.seed)
+        self.device = self.dist.device
+        # fp32 weights, bf16 autocast: AdamW's 1e-5-sized updates would round away in bf16 weights.
+        self.use_bf16 = config.bf16 if config.bf16 is not None else self.device.type == "cuda"
+        if config.lora_r:
+            from peft import LoraConfig, get_peft_model
+            model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
+                                                     target_modules="all-linear", task_type="CAUSAL_LM"))
+        self.model = model.to(self.device)
+        self.examples, self.valid = examples, valid
+        # log-probs at the rollouts' sampling temperature (1 for beam search): the ratio's old policy
+        self.policy = wrap_model(CompletionScorer(self.model, temperature), self.dist)
+        self.reference = None
+        if config.beta and not config.lora_r:
+            self.reference = CompletionScorer(copy.deepcopy(unwrap(self.model)).requires_grad_(False).eval(),
+                                              temperature)
+        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=config.lr,
+                                           weight_decay=config.weight_decay)
+        from transformers import get_cosine_schedule_with_warmup
+        updates = self.total_steps * config.num_iterations
+        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, math.ceil(config.warmup_ratio * updates), updates)
+        self.step_index, self.best = 0, {"ndcg@10": -1.0, "step": 0}
+        self.log = None
+
+    # -- what a trainer defines --------------------------------------------------------------
+
+    def rollout(self, examples: list) -> Rollout:
+        raise NotImplementedError
+
+    def validate(self) -> dict | None:
+        """Validation metrics (with "ndcg@10", which picks best/), or None without validation."""
+        raise NotImplementedError
+
+    @property
+    def max_completion_length(self) -> int:
+        """The longest completion a rollout can make (dr_grpo's constant denominator)."""
+        raise NotImplementedError
+
+    # -- data --------------------------------------------------------------------------------
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.examples) // self.config.prompts_per_step)
+
+    @property
+    def total_steps(self) -> int:
+        if self.config.max_steps is not None:
+            return self.config.max_steps
+        return max(1, int(self.config.epochs * self.steps_per_epoch))
+
+    def step_examples(self, step: int) -> list:
+        """This rank's prompts of step `step`: epoch e's order is a permutation seeded by
+        (seed, e), so a resumed run sees the same prompts as an uninterrupted one."""
+        epoch, position = divmod(step, self.steps_per_epoch)
+        order = list(range(len(self.examples)))
+        random.Random(self.config.seed * 1_000_003 + epoch).shuffle(order)
+        size = self.config.prompts_per_step
+        chosen = [self.examples[i] for i in order[position * size:(position + 1) * size]]
+        return self.dist.shard(chosen)
+
+    # -- one step -----------------------------------------------------------------------------
+
+    def step(self) -> dict:
+        examples = self.step_examples(self.step_index)
+        started = time.perf_counter()
+        rollout = self.rollout(examples)
+        rollout_s = time.perf_counter() - started
+        rewards, valid, lengths = rollout.rewards, rollout.valid, rollout.lengths
+        advantages = group_advantages(rewards, valid)
+        lr = self.scheduler.get_last_lr()[0]  # the rate this step's update uses
+        started = time.perf_counter()
+        update = self._update(rollout.prompts, rollout.completions, lengths, advantages)
+        update_s = time.perf_counter() - started
+        metrics = {
+            "reward": float(rewards[valid].mean()), "reward_std": float(rewards[valid].std()) if valid.sum() > 1 else 0.0,
+            **rollout.metrics, "completion_length": float(lengths[valid].float().mean()), "lr": lr,
+            "rollout_s": rollout_s, "update_s": update_s, **update,
+        }
+        self.step_index += 1
+        return self.dist.mean(metrics)
+
+    def _update(self, prompts, completions, lengths, advantages) -> dict:
+        cfg = self.config
+        pad = self.tokenizer.pad_token_id or 0
+        chunks = []  # (packed batch, advantages of its completions)
+        for start in range(0, len(prompts), cfg.micro_batch):
+            stop = start + cfg.micro_batch
+            packed = pack_groups(prompts[start:stop], completions[start:stop], lengths[start:stop], pad_token_id=pad,
+                                 share_prompt=cfg.prefix_sharing).to(self.device)
+            chunks.append((packed, advantages[start:stop].reshape(-1)))
+        with torch.no_grad(), self.autocast():
+            refs = [self._reference_logprobs(p) for p, _ in chunks] if cfg.beta else [None] * len(chunks)
+            olds = [self.policy(p).detach() for p, _ in chunks] if cfg.num_iterations > 1 else [None] * len(chunks)
+        sequences = int((lengths > 0).sum())
+        tokens = int(lengths.sum())
+        tokens_in_step = int(self.dist.sum(tokens))
+        totals = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "grad_norm": 0.0}
+        scale_dapo = self.dist.world_size  # DDP averages gradients over ranks; dapo's denominator is global
+        for _ in range(cfg.num_iterations):
+            for i, ((packed, adv), ref, old) in enumerate(zip(chunks, refs, olds)):
+                sync = i == len(chunks) - 1
+                with (contextlib.nullcontext() if sync else no_sync(self.policy)), self.autocast():
+                    logprobs = self.policy(packed)
+                    parts = grpo_loss(logprobs, packed.sequence, adv, old_logprobs=old, ref_logprobs=ref,
+                                      beta=cfg.beta, epsilon_low=cfg.epsilon_low, epsilon_high=cfg.epsilon_high,
+                                      loss_type=cfg.loss_type, num_sequences=sequences,
+                                      max_completion_length=self.max_completion_length, tokens_in_step=tokens_in_step)
+                    loss = parts.loss * (scale_dapo if cfg.loss_type == "dapo" else 1)
+                    if cfg.loss_type in ("bnpo", "dr_grpo"):
+                        loss = loss / len(chunks)
+                    loss.backward()
+                weight = parts.tokens / max(tokens, 1)
+                totals["loss"] += parts.loss.item() / cfg.num_iterations
+                totals["kl"] += parts.kl * weight / cfg.num_iterations
+                totals["clip_fraction"] += parts.clip_fraction * weight / cfg.num_iterations
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+            totals["grad_norm"] += float(norm) / cfg.num_iterations
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self._maybe_sync_reference()
+        totals["tokens"] = tokens
+        return totals
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
+
+    def frozen_model(self):
+        """A context giving the model the reference scores with: the frozen copy, or (LoRA)
+        the policy's base with its adapters disabled. None without a reference."""
+        if self.reference is not None:
+            return contextlib.nullcontext(self.reference.model)
+        if self.config.lora_r:
+            @contextlib.contextmanager
+            def base():
+                with unwrap(self.model).disable_adapter():
+                    yield unwrap(self.model)
+            return base()
+        return contextlib.nullcontext(None)
+
+    def _reference_logprobs(self, packed):
+        if self.reference is not None:
+            return self.reference(packed)
+        with unwrap(self.model).disable_adapter():  # LoRA: the base model is the reference
+            return unwrap(self.policy)(packed)
+
+    def _maybe_sync_reference(self) -> None:
+        cfg = self.config
+        if self.reference is None or not cfg.ref_sync_every or (self.step_index + 1) % cfg.ref_sync_every:
+            return
+        with torch.no_grad():
+            for ref, cur in zip(self.reference.model.parameters(), unwrap(self.model).parameters()):
+                ref.mul_(1 - cfg.ref_sync_alpha).add_(cur.detach().to(ref.dtype), alpha=cfg.ref_sync_alpha)
+
+    # -- the run ------------------------------------------------------------------------------
+
+    def run(self, resume: bool = False) -> dict:
+        cfg = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume and (latest_checkpoint(self.run_dir) is not None or (self.run_dir / "metrics.jsonl").exists()):
+            raise FileExistsError(f"{self.run_dir} holds a training run: resume it (--resume) or choose another folder")
+        if resume and latest_checkpoint(self.run_dir) is None:
+            raise FileNotFoundError(f"resume: {self.run_dir} has no checkpoint to continue from")
+        # Every rank looks at the folder before rank 0 writes into it (else a slower rank
+        # finds rank 0's fresh metrics.jsonl and refuses the run).
+        self.dist.barrier()
+        if resume:
+            state = load_checkpoint(self.run_dir, model=unwrap(self.model), optimizer=self.optimizer,
+                                    scheduler=self.scheduler, extra_models=self._drifting_reference())
+            self.step_index = state["step"]
+            self.best = state["extra"].get("best", self.best)
+        if self.dist.is_main:
+            save_config(cfg, self.run_dir / "config.yaml")
+        self.log = MetricsLog(self.run_dir, enabled=self.dist.is_main, resume_step=self.step_index if resume else None)
+        bar = tqdm(total=self.total_steps, initial=self.step_index, desc=self.name, unit="step",
+                   disable=not self.progress)
+        while self.step_index < self.total_steps:
+            metrics = self.step()
+            self.log.log(self.step_index, metrics, split="train")
+            bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.2e}")
+            bar.update(1)
+            last = self.step_index == self.total_steps
+            if (cfg.eval_every and self.step_index % cfg.eval_every == 0) or last:
+                self._validate()
+            if self.step_index % cfg.save_every == 0 or last:
+                self._save()
+        bar.close()
+        self.log.close()
+        if self.dist.is_main:
+            plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "metrics.png", self.panels)
+        return {"steps": self.step_index, "best": self.best}
+
+    def _validate(self) -> None:
+        metrics = self.validate()
+        if metrics is None:
+            return
+        self.log.log(self.step_index, metrics, split="valid")
+        if metrics.get("ndcg@10", -1.0) > self.best["ndcg@10"]:
+            self.best = {"ndcg@10": metrics["ndcg@10"], "step": self.step_index}
+            if self.dist.is_main:
+                save_pretrained(unwrap(self.model), self.tokenizer, self.run_dir / "best")
+
+    def _save(self) -> None:
+        save_checkpoint(self.run_dir, step=self.step_index, model=unwrap(self.model), optimizer=self.optimizer,
+                        scheduler=self.scheduler, data_state={"step": self.step_index},
+                        config=config_to_dict(self.config), extra={"best": self.best},
+                        extra_models=self._drifting_reference(), keep=self.config.keep_checkpoints)
+
+    def _drifting_reference(self) -> dict:
+        """The reference must be checkpointed only when soft syncs move it away from --model."""
+        if self.reference is not None and self.config.ref_sync_every:
+            return {"reference": self.reference.model}
+        return {}
+
+
+def concat_padded(parts: list[torch.Tensor], pad: int) -> torch.Tensor:
+    """[P_i, G, T_i] tensors -> [sum P_i, G, max T_i]."""
+    width = max(p.shape[2] for p in parts)
+    return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[2]), value=pad) for p in parts])
