@@ -7,6 +7,7 @@
     rere baseline popularity|sasrec --data DIR -o OUT   the comparison baselines, same metrics
     rere sft --data DIR --model M -o RUN        supervised fine-tuning (best model in RUN/best)
     rere train --data DIR --model M -o RUN      ReRe: GRPO with beam-search rollouts and ranking rewards
+    rere rporec stage1|stage2 ...               RPORec: reasoning, a RecHead, GRPO on the reasoning
     rere demo [-o OUT] [--gpu]                  MovieLens-100K end to end: baselines, SFT, ReRe, one table
 """
 from __future__ import annotations
@@ -14,9 +15,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rere.commands import baseline, demo, evaluate, index, prepare, sft, train
+from rere.commands import baseline, demo, evaluate, index, prepare, rporec, sft, train
 
-COMMANDS = (index, prepare, evaluate, baseline, sft, train, demo)  # each registers its subcommand(s)
+COMMANDS = (index, prepare, evaluate, baseline, sft, train, rporec, demo)  # each registers its subcommand(s)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -9,8 +9,6 @@ import shutil
 import subprocess
 
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
 
 import rere.models
 from rere.commands import demo
@@ -18,7 +16,7 @@ from rere.data import offline_sources
 from rere.prompts import RERE_TEMPLATE
 from rere.trainer.grpo_config import GRPOConfig
 from rere.trainer.sft_config import SFTConfig
-from tiny_models import tiny_model
+from tiny_models import tiny_bpe_tokenizer, tiny_model
 
 TITLES = ["Toy Story", "GoldenEye", "Four Rooms", "Get Shorty", "Copycat", "Heat", "Sabrina", "Casino",
           "Babe", "Dead Man Walking", "Richard III", "Seven"]
@@ -48,15 +46,8 @@ def write_movielens(folder):
 
 
 def tiny_base_model():
-    """A tiny Llama over a byte-level BPE learnt from the prompt and the titles (a 151k
-    vocabulary would make every step ~15x slower)."""
-    texts = [RERE_TEMPLATE] + [f'"{title} (1995)"\n' for title in TITLES]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<eos>"], show_progress=False,
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>", pad_token="<eos>")
+    """A tiny Llama over a byte-level BPE learnt from the prompt and the titles."""
+    tokenizer = tiny_bpe_tokenizer([RERE_TEMPLATE] + [f'"{title} (1995)"\n' for title in TITLES])
     return tiny_model("llama", len(tokenizer)).train(), tokenizer, "tiny test Llama"
 
 

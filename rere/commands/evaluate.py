@@ -1,5 +1,11 @@
-"""`rere evaluate`: constrained beam search over a prepared split, HR@K/NDCG@K and the rest
-of `rere.metrics`, resumable (see rere/evaluation.py for the files it writes)."""
+"""`rere evaluate`: rank items for every example of a prepared split and score them with
+`rere.metrics` (HR@K, NDCG@K, ...), resumable (rere/evaluation.py lists the files).
+
+    --method rere     (default) constrained beam search: --beams items per example
+    --method rporec   greedy reasoning by --model, then the RecHead (--head) over the whole
+                      catalog: --beams items per example; the head reads the states of the
+                      LLM it was trained with (--encoder, default: the one head.json names)
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +14,9 @@ from pathlib import Path
 
 def register(commands) -> None:
     parser = commands.add_parser("evaluate", help="rank items with a model over a prepared split and score them",
-                                 description=__doc__)
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", choices=("rere", "rporec"), default="rere",
+                        help="rere: constrained beam search (default); rporec: reasoning + RecHead")
     parser.add_argument("--data", required=True, help="prepared dataset folder (`rere prepare`)")
     parser.add_argument("--model", required=True,
                         help='a local Hugging Face model folder, or "smollm2" (the offline SmolLM2-135M-Instruct)')
@@ -25,6 +33,11 @@ def register(commands) -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                         help="model dtype (default: bfloat16 on a GPU, float32 on the CPU)")
     parser.add_argument("--name", help="row name in the metrics table (default: the model's name)")
+    rporec = parser.add_argument_group("--method rporec")
+    rporec.add_argument("--head", help="the RecHead folder (`rere rporec stage1` writes RUN/head)")
+    rporec.add_argument("--encoder", help="the LLM the head reads (default: the one head.json names)")
+    rporec.add_argument("--no-reasoning", action="store_true", help="the head reads the prompt alone")
+    rporec.add_argument("--max-new-tokens", type=int, default=128, help="reasoning length limit (default 128)")
     parser.set_defaults(func=run)
 
 
@@ -41,13 +54,40 @@ def run(args: argparse.Namespace) -> None:
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
     model, tokenizer = load_model(args.model, args.tokenizer, dtype)
     model.to(args.device)
-    template = PromptTemplate.from_file(args.template) if args.template else None
     name = args.name or Path(args.model).name
-    metrics = evaluate(model, tokenizer, dataset, args.out, args.split, num_beams=args.beams,
-                       batch_size=args.batch_size, template=template, max_prompt_tokens=args.max_prompt_tokens,
-                       exclude_history=args.exclude_history, limit=args.limit, name=name)
+    if args.method == "rporec":
+        metrics = _evaluate_rporec(args, dataset, model, tokenizer, dtype, name)
+    else:
+        if args.head or args.encoder:
+            raise ValueError("--head and --encoder are for --method rporec")
+        template = PromptTemplate.from_file(args.template) if args.template else None
+        metrics = evaluate(model, tokenizer, dataset, args.out, args.split, num_beams=args.beams,
+                           batch_size=args.batch_size, template=template, max_prompt_tokens=args.max_prompt_tokens,
+                           exclude_history=args.exclude_history, limit=args.limit, name=name)
     print(metrics_table({name: metrics}, extra=("coverage@10", "invalid_rate")))
     print(f"wrote {args.out}/metrics.json, metrics.md and rankings.jsonl")
+
+
+def _evaluate_rporec(args, dataset, model, tokenizer, dtype, name: str) -> dict:
+    from rere.commands.rporec import encoder_spec
+    from rere.rporec.evaluation import evaluate_rporec
+    from rere.rporec.rec_head import RecHead
+
+    if not args.head:
+        raise ValueError("--method rporec needs --head (the folder `rere rporec stage1` writes: RUN/head)")
+    if args.template:
+        raise ValueError("--template is for --method rere: RPORec uses its reasoning prompt (rere/rporec/reasoning.py)")
+    head = RecHead.load(args.head, device=args.device)
+    spec = encoder_spec(head, args.encoder)
+    if Path(spec).resolve() == Path(args.model).resolve() or spec == args.model:
+        encoder = model
+    else:
+        encoder, _ = load_model(spec, args.tokenizer, dtype)
+        encoder.to(args.device)
+    return evaluate_rporec(model, encoder, tokenizer, head, dataset, args.out, args.split, k=args.beams,
+                           reasoning=not args.no_reasoning, max_new_tokens=args.max_new_tokens,
+                           batch_size=args.batch_size or 16, max_prompt_tokens=args.max_prompt_tokens,
+                           exclude_history=args.exclude_history, limit=args.limit, name=name)
 
 
 def load_model(spec: str, tokenizer_spec: str | None, dtype):
