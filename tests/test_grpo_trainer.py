@@ -141,23 +141,36 @@ def test_the_cli_trains_and_resumes(tmp_path, qwen2, capsys):
     assert "no checkpoint" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_two_ranks_under_torchrun_end_with_the_same_weights(tmp_path, qwen2):
-    data, model_dir = save_tiny_run_inputs(tmp_path, qwen2)
+def run_two_ranks(tmp_path, data, model_dir, mode: str):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RERE_TEST_DUMP": str(tmp_path / "weights")}
     with socket.socket() as probe:  # torchrun's static rendezvous does not take port 0
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-               str(Path(__file__).with_name("ddp_train_script.py")), str(data), str(model_dir), str(tmp_path / "run")]
+               str(Path(__file__).with_name("ddp_train_script.py")), str(data), str(model_dir),
+               str(tmp_path / f"run-{mode}"), mode]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     # Each rank's own error lines first: the tail alone shows only the survivor's "peer closed".
     crashed = [line for line in result.stderr.splitlines() if "[rank1]" in line or "[rank0]" in line]
     assert result.returncode == 0, "\n".join(crashed[-40:]) + "\n...\n" + result.stderr[-2000:]
-    rank0, rank1 = (torch.load(tmp_path / f"weights-{r}.pt") for r in (0, 1))
-    for name in rank0:
-        assert torch.equal(rank0[name], rank1[name]), name
-    assert (tmp_path / "run" / "latest").exists()
+    return [torch.load(tmp_path / f"weights-{mode}-{r}.pt") for r in (0, 1)]
+
+
+@pytest.mark.slow
+def test_two_ranks_under_torchrun_end_with_the_same_weights_with_ddp_or_fsdp(tmp_path, qwen2):
+    data, model_dir = save_tiny_run_inputs(tmp_path, qwen2)
+    ddp = run_two_ranks(tmp_path, data, model_dir, "ddp")
+    for name in ddp[0]:
+        assert torch.equal(ddp[0][name], ddp[1][name]), name
+    assert (tmp_path / "run-ddp" / "latest").exists()
     # The ranks rolled out different prompts: the step's metrics average two shards of 2.
-    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["split"] == "train"]
+    rows = [r for r in read_metrics(tmp_path / "run-ddp" / "metrics.jsonl") if r["split"] == "train"]
     assert len(rows) == 2
+    # FSDP2: the same training, the weights sharded over the two ranks (beam search in
+    # lockstep, reference sharded too); gathered, they are DDP's up to float reduction order.
+    fsdp = run_two_ranks(tmp_path, data, model_dir, "fsdp")
+    assert sorted(fsdp[0]) == sorted(ddp[0])
+    for name in ddp[0]:
+        torch.testing.assert_close(fsdp[0][name], ddp[0][name], rtol=1e-4, atol=1e-5, msg=name)
+        assert torch.equal(fsdp[0][name], fsdp[1][name]), name
+    assert (tmp_path / "run-fsdp" / "best" / "config.json").exists()

@@ -49,8 +49,7 @@ def topk_items(queries: torch.Tensor, items: torch.Tensor, k: int, *, chunk_item
             rows, cols = excluded
             inside = (cols >= start) & (cols < start + block.shape[1])
             block[rows[inside], cols[inside] - start] = -torch.inf
-        top = min(k, block.shape[1])
-        scores, index = block.topk(top, dim=1, sorted=False)
+        scores, index = _stable_topk(block, min(k, block.shape[1]))
         # Merge: earlier chunks first, so a stable sort keeps lower item indices ahead on ties.
         merged_scores = torch.cat([best_scores, scores], dim=1)
         merged_items = torch.cat([best_items, index + start], dim=1)
@@ -82,6 +81,19 @@ def target_ranks(queries: torch.Tensor, items: torch.Tensor, targets: torch.Tens
         block[rows[inside], targets[inside] - start] = -torch.inf  # never count the target itself
         ranks += (block > own[:, None]).sum(dim=1)
     return ranks
+
+
+def _stable_topk(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best of each row, ties at the cut going to the lowest columns (torch.topk
+    picks among tied values arbitrarily), unordered. Linear in the row length: everything
+    above the k-th value, then the first of the values equal to it."""
+    kth = block.topk(k, dim=1, sorted=False).values.min(dim=1, keepdim=True).values
+    above = block > kth
+    at = block == kth
+    wanted = k - above.sum(dim=1, keepdim=True)
+    keep = above | (at & (at.cumsum(dim=1) <= wanted))
+    index = keep.nonzero()[:, 1].view(block.shape[0], k)  # row-major: each row's k columns
+    return block.gather(1, index), index
 
 
 def _stable_best_first(scores: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

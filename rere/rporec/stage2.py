@@ -45,6 +45,9 @@ class Stage2Trainer(GRPOLoop):
 
     def __init__(self, model, tokenizer, dataset: Dataset, head: RecHead, config: Stage2Config, run_dir, *,
                  rewards: list[RewardFn] | None = None, dist: Distributed | None = None, progress: bool = True):
+        if config.fsdp:
+            raise ValueError("RPORec stage 2 does not shard the model (fsdp): its frozen encoder is a full copy "
+                             "on every rank; use DDP")
         check_encoder(head, model)  # the policy starts as the encoder: the stage-1 LLM
         data = training_examples(dataset, config.evaluated_split, config.max_history)
         super().__init__(model, tokenizer, data.train, data.valid[: config.eval_examples], config, run_dir,

@@ -150,16 +150,21 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 def save_pretrained(model, tokenizer, folder: Path) -> None:
     """A plain Hugging Face folder (weights, config, tokenizer) that `rere evaluate --model`
     loads, written aside and renamed into place so that a crash never leaves half of one.
-    LoRA adapters are merged into a copy (the training model keeps them)."""
-    if hasattr(model, "merge_and_unload"):
+    LoRA adapters are merged into a copy (the training model keeps them). Call on every
+    rank when distributed: an FSDP-sharded model is gathered first (a collective), then
+    rank 0 writes."""
+    state_dict = None
+    if _is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        state_dict = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    elif hasattr(model, "merge_and_unload"):
         model = copy.deepcopy(model).merge_and_unload()
 
     def fill(staging: Path) -> None:
-        model.save_pretrained(staging)
+        model.save_pretrained(staging, state_dict=state_dict)
         tokenizer.save_pretrained(staging)
 
-    write_folder_atomically(folder, fill)
-
+    _step(lambda: write_folder_atomically(folder, fill))
 
 
 def _gather(model: nn.Module, optimizer) -> tuple[Callable[[Path], None], dict | None]:

@@ -2,8 +2,18 @@
 
 Without torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) everything runs in one
 process and these helpers are no-ops, so the trainers read the same either way. Each rank
-rolls out its own shard of the prompts with its own catalog index; only gradients (DDP)
-cross processes.
+rolls out its own shard of the prompts with its own catalog index.
+
+Two ways to spread the model (`wrap_model`):
+
+- DDP (default): a full replica per rank, gradients averaged.
+- FSDP2 (`fsdp=True`, for models that do not fit one device): `fully_shard` on each
+  decoder layer and on the trainer's root module (the rest: embeddings, final norm, LM
+  head). Every forward then gathers weights from all ranks, so every rank must run the
+  same number of forwards, while beam search and generation run as many as their own
+  prompts need. `lockstep` solves that: inside it, each rank votes before each forward of
+  the LLM, and a rank that is done keeps running one-token forwards (outside the search)
+  until every rank has voted "done".
 """
 from __future__ import annotations
 
@@ -75,25 +85,103 @@ def init_distributed(device: str | None = None) -> Distributed:
     return Distributed(rank, world, local, torch.device(f"cuda:{local}" if use_cuda else "cpu"))
 
 
-def wrap_model(model: torch.nn.Module, dist: Distributed) -> torch.nn.Module:
-    """DDP (a full replica per rank, gradients averaged) when there are several processes.
-
-    No FSDP in the trainers yet: validation (and GRPO's rollouts) run beam search, whose
-    number of forward calls depends on each rank's own prompts, while sharded weights need
-    every rank in every forward. `save_checkpoint` already handles FSDP models."""
+def wrap_model(root: torch.nn.Module, dist: Distributed, *, fsdp: bool = False) -> torch.nn.Module:
+    """`root` (a trainer's module holding the LLM as `root.model`, with a `warm_up()`
+    forward) under DDP, or sharded by FSDP2 in place (see the module doc), when there are
+    several processes; `root` itself in one process."""
     if not dist.enabled:
-        return model
+        return root
+    if fsdp:
+        return shard(root)
     from torch.nn.parallel import DistributedDataParallel
     ids = [dist.local_rank] if dist.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
+    return DistributedDataParallel(root, device_ids=ids)
+
+
+def shard(root: torch.nn.Module) -> torch.nn.Module:
+    """FSDP2 on `root.model`'s decoder layers, then on `root` (its remaining parameters,
+    tied embeddings included, form the root's unit). One forward through the root follows:
+    FSDP takes the first module whose forward runs for its root, and a search would
+    otherwise call the LLM first."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in root.model.get_decoder().layers:
+        fully_shard(layer)
+    fully_shard(root)
+    with torch.no_grad():
+        root.warm_up()
+    # The root keeps its weights gathered after a forward (backward would gather them
+    # again); without this, an optimizer built now would hold the gathered copies.
+    root.reshard()
+    return root
+
+
+def is_sharded(module: torch.nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch < 2.6: no FSDP2
+        return False
+    return isinstance(module, FSDPModule)
+
+
+@contextlib.contextmanager
+def lockstep(root: torch.nn.Module, dist: Distributed):
+    """Run forwards of `root.model` outside `root`'s own forward (beam search, generate)
+    on every rank in step, when `root` is sharded (a no-op otherwise). Inside: the root's
+    own weights stay gathered, and each forward of the LLM is preceded by a vote; on the
+    way out a rank keeps answering with one-token forwards until all are done. No other
+    collective may run inside (average metrics after leaving)."""
+    if not (dist.enabled and is_sharded(root)):
+        yield
+        return
+    llm = root.model
+    draining = False
+    device = next(llm.parameters()).device
+
+    def vote(flag: float) -> float:
+        ballot = torch.tensor([flag], dtype=torch.float64, device=dist._comm_device)
+        torch_dist.all_reduce(ballot)
+        return float(ballot.item())
+
+    def before_forward(module, args, kwargs):
+        if not draining:
+            vote(1.0)
+
+    root.unshard()
+    handle = llm.register_forward_pre_hook(before_forward, with_kwargs=True)
+    try:
+        yield
+    finally:
+        draining = True
+        try:
+            with torch.no_grad():
+                while vote(0.0) > 0:
+                    llm(input_ids=torch.zeros((1, 1), dtype=torch.int64, device=device), use_cache=False)
+        finally:
+            handle.remove()
+            root.reshard()
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module DDP wraps."""
+    """The module DDP wraps (an FSDP2 module is its own)."""
     from torch.nn.parallel import DistributedDataParallel
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def no_sync(module):
-    """DDP: no gradient all-reduce on this micro-batch (the step's last one syncs)."""
-    return module.no_sync() if hasattr(module, "no_sync") else contextlib.nullcontext()
+    """No gradient all-reduce (DDP) or reduce-scatter (FSDP2) on this micro-batch: the
+    step's last one syncs."""
+    if hasattr(module, "no_sync"):
+        return module.no_sync()
+    if is_sharded(module):
+        return _no_gradient_sync(module)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _no_gradient_sync(module):
+    module.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        module.set_requires_gradient_sync(True)

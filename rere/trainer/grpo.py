@@ -61,7 +61,7 @@ class GRPOTrainer(GRPOLoop):
                    for e in examples]
         outputs = []
         model.eval()
-        with torch.no_grad(), self.autocast():
+        with torch.no_grad(), self.autocast(), self.lockstep():
             for start in range(0, len(prompts), cfg.rollout_batch):
                 ids, mask = left_pad(prompts[start:start + cfg.rollout_batch])
                 exclude = None
@@ -91,4 +91,4 @@ class GRPOTrainer(GRPOLoop):
         if not self.valid:
             return None
         return validate_on_ranks(self.model, self.tokenizer, self.index, self.dataset.catalog, self.prompter,
-                                 self.valid, self.dist, num_beams=self.config.eval_beams)
+                                 self.valid, self.dist, num_beams=self.config.eval_beams, local=self.lockstep)

@@ -45,6 +45,8 @@ class GRPOSettings:
     lora_r: int = _help("LoRA rank (0 = full fine-tuning); the reference is then the adapter-disabled base",
                         default=0)
     lora_alpha: int = _help("LoRA alpha", default=32)
+    fsdp: bool = _help("under torchrun, shard the model over the ranks with FSDP2 (models that do not fit one "
+                       "device) instead of a DDP replica per rank; not with LoRA", default=False)
     # data
     max_history: int = _help("history items per prompt", default=10)
     max_prompt_tokens: int | None = _help("drop the oldest history items beyond this prompt length", default=None)

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from rere.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_pretrained
 from rere.trainer.config import config_to_dict, save_config
-from rere.trainer.distributed import Distributed, no_sync, unwrap, wrap_model
+from rere.trainer.distributed import Distributed, lockstep, no_sync, shard, unwrap, wrap_model
 from rere.trainer.grpo_config import LOSS_TYPES, GRPOSettings
 from rere.trainer.grpo_loss import grpo_loss
 from rere.trainer.metrics_log import DEFAULT_PANELS, MetricsLog, plot_metrics
@@ -70,6 +70,12 @@ class GRPOLoop:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {config.loss_type!r}")
         if not examples:
             raise ValueError("no training examples")
+        if config.fsdp and config.lora_r:
+            raise ValueError("fsdp and lora_r together are not supported: LoRA trains few weights, use DDP")
+        if config.fsdp and config.prompts_per_step % self.dist.world_size:
+            # sharded forwards are collectives: every rank must update the same number of groups
+            raise ValueError(f"fsdp needs prompts_per_step ({config.prompts_per_step}) divisible by the "
+                             f"{self.dist.world_size} ranks")
         torch.manual_seed(config.seed)
         self.device = self.dist.device
         # fp32 weights, bf16 autocast: AdamW's 1e-5-sized updates would round away in bf16 weights.
@@ -80,12 +86,13 @@ class GRPOLoop:
                                                      target_modules="all-linear", task_type="CAUSAL_LM"))
         self.model = model.to(self.device)
         self.examples, self.valid = examples, valid
-        # log-probs at the rollouts' sampling temperature (1 for beam search): the ratio's old policy
-        self.policy = wrap_model(CompletionScorer(self.model, temperature), self.dist)
         self.reference = None
         if config.beta and not config.lora_r:
-            self.reference = CompletionScorer(copy.deepcopy(unwrap(self.model)).requires_grad_(False).eval(),
-                                              temperature)
+            self.reference = CompletionScorer(copy.deepcopy(self.model).requires_grad_(False).eval(), temperature)
+            if config.fsdp and self.dist.enabled:
+                shard(self.reference)
+        # log-probs at the rollouts' sampling temperature (1 for beam search): the ratio's old policy
+        self.policy = wrap_model(CompletionScorer(self.model, temperature), self.dist, fsdp=config.fsdp)
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=config.lr,
                                            weight_decay=config.weight_decay)
         from transformers import get_cosine_schedule_with_warmup
@@ -194,6 +201,11 @@ class GRPOLoop:
         totals["tokens"] = tokens
         return totals
 
+    def lockstep(self):
+        """The context for this rank's own forwards of the LLM (rollouts, validation):
+        `distributed.lockstep` when the model is sharded, else nothing."""
+        return lockstep(self.policy, self.dist)
+
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
 
@@ -269,8 +281,7 @@ class GRPOLoop:
         self.log.log(self.step_index, metrics, split="valid")
         if metrics.get("ndcg@10", -1.0) > self.best["ndcg@10"]:
             self.best = {"ndcg@10": metrics["ndcg@10"], "step": self.step_index}
-            if self.dist.is_main:
-                save_pretrained(unwrap(self.model), self.tokenizer, self.run_dir / "best")
+            save_pretrained(unwrap(self.model), self.tokenizer, self.run_dir / "best")  # every rank (FSDP gathers)
 
     def _save(self) -> None:
         save_checkpoint(self.run_dir, step=self.step_index, model=unwrap(self.model), optimizer=self.optimizer,

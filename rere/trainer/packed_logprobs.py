@@ -125,6 +125,12 @@ class CompletionScorer(nn.Module):
         self.model = model
         self.temperature = temperature
 
+    def warm_up(self) -> torch.Tensor:
+        """One forward of a one-token completion (FSDP's first forward, `distributed.shard`)."""
+        device = next(self.model.parameters()).device
+        one = torch.zeros((1, 1, 1), dtype=torch.int64)
+        return self(pack_groups([torch.zeros(1, dtype=torch.int64)], one, torch.ones((1, 1), dtype=torch.int64)).to(device))
+
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         hidden = self.model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                          position_ids=batch.position_ids, use_cache=False).last_hidden_state

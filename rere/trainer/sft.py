@@ -52,7 +52,7 @@ from rere.index import CatalogIndex
 from rere.prompts import Prompter, PromptTemplate
 from rere.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_pretrained
 from rere.trainer.config import config_to_dict, save_config
-from rere.trainer.distributed import Distributed, no_sync, wrap_model
+from rere.trainer.distributed import Distributed, lockstep, no_sync, wrap_model
 from rere.trainer.examples import training_examples
 from rere.trainer.metrics_log import MetricsLog, plot_metrics
 from rere.trainer.packed_logprobs import head_logprobs
@@ -77,6 +77,12 @@ class CompletionLoss(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+
+    def warm_up(self) -> torch.Tensor:
+        """One forward of a two-token sequence (FSDP's first forward, `distributed.shard`)."""
+        device = next(self.model.parameters()).device
+        ids = torch.zeros((1, 2), dtype=torch.int64, device=device)
+        return self(ids, torch.ones_like(ids), torch.tensor([[-100, 0]], device=device), 0.0)
 
     def forward(self, input_ids, attention_mask, labels, scale: float) -> torch.Tensor:
         hidden = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
@@ -115,7 +121,7 @@ def train_sft(model, tokenizer, dataset: Dataset, config: SFTConfig, run_dir, *,
     lengths, completion_lengths = train.lengths, train.completion_lengths
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    loss_fn = wrap_model(CompletionLoss(model), dist)
+    loss_fn = wrap_model(CompletionLoss(model), dist, fsdp=cfg.fsdp)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
     per_epoch = steps_per_epoch(-(-len(train) // cfg.batch_size), dist.world_size, cfg.grad_accum)
@@ -145,13 +151,12 @@ def train_sft(model, tokenizer, dataset: Dataset, config: SFTConfig, run_dir, *,
 
     def evaluate_now() -> None:
         metrics = validate_on_ranks(model, tokenizer, index, dataset.catalog, prompter, valid, dist, num_beams=cfg.eval_beams,
-                                    batch_size=cfg.batch_size)
+                                    batch_size=cfg.batch_size, local=lambda: lockstep(loss_fn, dist))
         log.log(step, metrics, split="valid")
         state["evaluated"], state["final"] = step, metrics
         if state["best"] is None or metrics[BEST_METRIC] > state["best"][BEST_METRIC]:
             state["best"], state["bad_evals"] = {"step": step, **metrics}, 0
-            if dist.is_main:
-                save_pretrained(model, tokenizer, run_dir / "best")
+            save_pretrained(model, tokenizer, run_dir / "best")  # every rank: a sharded model is gathered
         else:
             state["bad_evals"] += 1
             state["stopped_early"] = bool(cfg.patience) and state["bad_evals"] >= cfg.patience
@@ -200,7 +205,7 @@ def train_sft(model, tokenizer, dataset: Dataset, config: SFTConfig, run_dir, *,
         evaluate_now()
     if saved != step:
         save()
-    if not valid and dist.is_main:
+    if not valid:
         save_pretrained(model, tokenizer, run_dir / "best")
     dist.barrier()
     log.close()
@@ -256,6 +261,8 @@ def _check(cfg: SFTConfig) -> None:
             raise ValueError(f"SFTConfig.{name} must be >= 0, got {getattr(cfg, name)}")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise ValueError(f"SFTConfig.max_steps must be >= 1 or None, got {cfg.max_steps}")
+    if cfg.fsdp and cfg.lora_r:
+        raise ValueError("SFTConfig: fsdp and lora_r together are not supported: LoRA trains few weights, use DDP")
 
 
 def _check_resumable(saved: dict | None, cfg: SFTConfig, data_state: dict, examples: int, checkpoint: Path) -> None:

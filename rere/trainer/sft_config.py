@@ -27,6 +27,8 @@ class SFTConfig:
     lora_r: int = _help("LoRA rank on the attention and MLP projections (0 = full fine-tuning)", default=0)
     lora_alpha: int = _help("LoRA alpha", default=32)
     lora_dropout: float = _help("LoRA dropout", default=0.0)
+    fsdp: bool = _help("under torchrun, shard the model over the ranks with FSDP2 (models that do not fit one "
+                       "device) instead of a DDP replica per rank; not with LoRA", default=False)
     # data
     max_history: int = _help("history items per prompt (the most recent ones)", default=10)
     max_prompt_tokens: int | None = _help("drop the oldest history items beyond this prompt length", default=None)

@@ -4,6 +4,8 @@ and score them with `rere.metrics.ranking_metrics`. Keys are its names in lower 
 ("hr@5", "ndcg@10", ...; the trainers' metrics logs and plots use these) plus "invalid_rate"."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from rere.catalog import Catalog
@@ -45,11 +47,13 @@ def validate(model: torch.nn.Module, tokenizer, index: CatalogIndex, catalog: Ca
 
 def validate_on_ranks(model, tokenizer, index: CatalogIndex, catalog: Catalog, prompter: Prompter,
                       examples: list[Example], dist: Distributed, *, num_beams: int = 20,
-                      batch_size: int = 8) -> dict[str, float]:
+                      batch_size: int = 8, local=contextlib.nullcontext) -> dict[str, float]:
     """`validate` over all ranks: each ranks its shard of `examples`, and the means are
-    weighted by the shards' sizes (which differ by at most one)."""
-    metrics = validate(model, tokenizer, index, catalog, prompter, dist.shard(examples), num_beams=num_beams,
-                       batch_size=batch_size)
+    weighted by the shards' sizes (which differ by at most one). `local()`: a context around
+    this rank's own beam searches (`distributed.lockstep` for a sharded model)."""
+    with local():
+        metrics = validate(model, tokenizer, index, catalog, prompter, dist.shard(examples), num_beams=num_beams,
+                           batch_size=batch_size)
     count = metrics.pop("examples")
     means = dist.mean({**{k: v * count for k, v in metrics.items()}, "examples": count})
     return {k: means[k] / means["examples"] for k in metrics}
