@@ -85,15 +85,25 @@ def target_ranks(queries: torch.Tensor, items: torch.Tensor, targets: torch.Tens
 
 def _stable_topk(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The k best of each row, ties at the cut going to the lowest columns (torch.topk
-    picks among tied values arbitrarily), unordered. Linear in the row length: everything
-    above the k-th value, then the first of the values equal to it."""
-    kth = block.topk(k, dim=1, sorted=False).values.min(dim=1, keepdim=True).values
-    above = block > kth
-    at = block == kth
-    wanted = k - above.sum(dim=1, keepdim=True)
-    keep = above | (at & (at.cumsum(dim=1) <= wanted))
-    index = keep.nonzero()[:, 1].view(block.shape[0], k)  # row-major: each row's k columns
-    return block.gather(1, index), index
+    picks among tied values arbitrarily). One topk of k + 1 tells which rows have a tie at
+    the cut (the k-th and (k+1)-th values equal); only those rows take the slow path:
+    everything above the k-th value, then the first columns equal to it. (1M items, 256
+    queries, 16 chunks on the 2-core CPU: the slow path on every row took 0.18 s a chunk,
+    this 0.016 s.)"""
+    if k >= block.shape[1]:
+        return block, torch.arange(block.shape[1], device=block.device).expand(block.shape[0], -1)
+    values, index = block.topk(k + 1, dim=1)
+    tied = (values[:, k - 1] == values[:, k]).nonzero()[:, 0]
+    values, index = values[:, :k].contiguous(), index[:, :k].contiguous()
+    if tied.numel():
+        rows = block[tied]
+        kth = values[tied, k - 1:k]
+        above, at = rows > kth, rows == kth
+        keep = above | (at & (at.cumsum(dim=1) <= k - above.sum(dim=1, keepdim=True)))
+        columns = keep.nonzero()[:, 1].view(len(tied), k)  # row-major: each row's k columns
+        index[tied] = columns
+        values[tied] = rows.gather(1, columns)
+    return values, index
 
 
 def _stable_best_first(scores: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
