@@ -183,7 +183,7 @@ def test_the_cli_runs_both_stages_and_evaluates(world, tmp_path, capsys):
     assert "needs --head" in capsys.readouterr().err
 
 
-def test_stage1_and_evaluation_on_the_shared_amazon_split(qwen2, tmp_path):
+def test_both_stages_and_evaluation_on_the_shared_amazon_split(qwen2, tmp_path):
     if not SHARED.exists():
         pytest.skip(f"real data not found at {SHARED}: put ../shared/data beside the checkout")
     dataset = load_rere_csv(SHARED)
@@ -196,3 +196,11 @@ def test_stage1_and_evaluation_on_the_shared_amazon_split(qwen2, tmp_path):
     metrics = evaluate_rporec(model, model, qwen2, head, dataset, tmp_path / "eval", k=50, max_new_tokens=8,
                               limit=16, progress=False)
     assert metrics["examples"] == 16 and 0.0 <= metrics["NDCG@10"] <= 1.0
+    # one stage-2 step on the real catalog: rewards from the head's ranks among 3,686 items
+    trainer = Stage2Trainer(model, qwen2, dataset, head, Stage2Config(**{**STAGE2, "max_steps": 1, "eval_examples": 0,
+                                                                          "max_new_tokens": 8, "num_generations": 2,
+                                                                          "prompts_per_step": 2, "format_check": False}),
+                            tmp_path / "two", progress=False)
+    assert trainer.run()["steps"] == 1
+    row = read_metrics(tmp_path / "two" / "metrics.jsonl")[0]
+    assert 0.0 < row["rollout_ndcg"] <= 1.0 and row["reward"] == pytest.approx(row["rollout_ndcg"])
