@@ -111,7 +111,7 @@ def encode_items(model, tokenizer, catalog, *, token_budget: int = DEFAULT_TOKEN
     empty = [i for i, t in enumerate(ids) if not t]
     if empty:
         raise ValueError(f"item {catalog.ids[empty[0]]!r}: its text {texts[empty[0]]!r} tokenizes to nothing")
-    return encode_all(model, ids, pooling="mean", pad_token_id=_pad_id(tokenizer), token_budget=token_budget,
+    return encode_all(model, ids, pooling="mean", pad_token_id=pad_id(tokenizer), token_budget=token_budget,
                       desc="encoding items" if progress else None)
 
 
@@ -136,7 +136,9 @@ def catalog_fingerprint(catalog) -> str:
     return digest.hexdigest()[:16]
 
 
-def _pad_id(tokenizer) -> int:
+def pad_id(tokenizer) -> int:
+    """The id to pad with: the tokenizer's pad token, else EOS (SmolLM2's GGUF tokenizer has
+    no pad token), else 0; padding is always masked, so its value never matters."""
     for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
         if value is not None:
             return int(value)

@@ -20,7 +20,7 @@ import torch
 
 from rere.data.dataset import Dataset
 from rere.evaluation import evaluate_rankings
-from rere.rporec.encoding import catalog_fingerprint, encode_all, model_fingerprint
+from rere.rporec.encoding import catalog_fingerprint, encode_all, model_fingerprint, pad_id
 from rere.rporec.reasoning import ReasoningCache, generate_reasonings, reasoning_prompter, user_sequence
 from rere.rporec.rec_head import RecHead
 
@@ -49,7 +49,7 @@ def recommend(generator, encoder, tokenizer, head: RecHead, prompts: list[list[i
                                                              max_new_tokens=max_new_tokens)]
     generations = generations if reasoning else [None] * len(prompts)
     eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
+    pad = pad_id(tokenizer)
     with autocast():
         states = encode_all(encoder, [user_sequence(p, g, eos) for p, g in zip(prompts, generations)],
                             [len(p) for p in prompts], pooling=head.config.pooling, pad_token_id=pad)

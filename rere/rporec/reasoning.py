@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from rere.files import check_settings, complete_jsonl_lines
 from rere.prompts import PromptTemplate, Prompter
+from rere.rporec.encoding import pad_id
 from rere.sampler import left_pad
 
 THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "<think>", "</think>", "<answer>", "</answer>"
@@ -101,8 +102,8 @@ def generate_reasonings(model, tokenizer, prompts: list[list[int]], *, num_sampl
         return []
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    ids, mask = left_pad(prompts, pad if pad is not None else 0)
+    pad = pad_id(tokenizer)
+    ids, mask = left_pad(prompts, pad)
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if do_sample else \

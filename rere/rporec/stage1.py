@@ -38,7 +38,7 @@ from rere.data.dataset import Dataset
 from rere.files import write_atomically
 from rere.metrics import identifier_groups, ranking_metrics
 from rere.rporec.config import Stage1Config
-from rere.rporec.encoding import catalog_fingerprint, encode_all, encode_batch, encode_items, model_fingerprint
+from rere.rporec.encoding import catalog_fingerprint, encode_all, encode_batch, encode_items, model_fingerprint, pad_id
 from rere.rporec.reasoning import ReasoningCache, reasoning_prompter, user_sequence
 from rere.rporec.rec_head import RecHead, RecHeadConfig
 from rere.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_pretrained
@@ -61,9 +61,9 @@ class UserTexts:
     well_formed: float  # share of well-formed reasonings (nan without reasoning)
 
 
-def build_user_texts(model, tokenizer, dataset: Dataset, examples: list, cfg: Stage1Config, folder: Path | None,
+def build_user_texts(model, tokenizer, dataset: Dataset, examples: list, cfg: Stage1Config, folder: Path,
                      *, do_sample: bool, progress: bool, desc: str) -> UserTexts:
-    """Prompts, their reasoning (cached in `folder` when given) and the sequences the head reads."""
+    """Prompts, their reasoning (cached in `folder`) and the sequences the head reads."""
     prompter = reasoning_prompter(dataset, tokenizer, cfg.max_prompt_tokens)
     prompts = tokenizer([prompter.prompt(e.history) for e in examples], add_special_tokens=False)["input_ids"]
     targets = torch.tensor([dataset.catalog.index_of(e.target) for e in examples], dtype=torch.int64)
@@ -74,16 +74,9 @@ def build_user_texts(model, tokenizer, dataset: Dataset, examples: list, cfg: St
     settings = {"model": model_fingerprint(model), "examples": [e.user for e in examples],
                 "batch": cfg.generation_batch, "seed": cfg.seed, "max_prompt_tokens": cfg.max_prompt_tokens,
                 **generation}
-    cache = ReasoningCache(folder, settings) if folder is not None else None
-    if cache is None:
-        from rere.rporec.reasoning import generate_reasonings
-        generations = []
-        for start in tqdm(range(0, len(prompts), cfg.generation_batch), desc=desc, disable=not progress):
-            generations += generate_reasonings(model, tokenizer, prompts[start:start + cfg.generation_batch],
-                                               generator_seed=cfg.seed + start, **generation)
-    else:
-        generations = cache.fill(model, tokenizer, examples, prompts, batch_size=cfg.generation_batch,
-                                 progress=progress, desc=desc, generator_seed=cfg.seed, **generation)
+    generations = ReasoningCache(folder, settings).fill(model, tokenizer, examples, prompts,
+                                                        batch_size=cfg.generation_batch, progress=progress,
+                                                        desc=desc, generator_seed=cfg.seed, **generation)
     eos = tokenizer.eos_token_id
     sequences = [user_sequence(p, g[0], eos) for p, g in zip(prompts, generations)]
     formed = sum(g[0].parsed.well_formed for g in generations) / max(1, len(generations))
@@ -149,7 +142,7 @@ def train_stage1(model, tokenizer, dataset: Dataset, config: Stage1Config, run_d
         item_encodings = _cached(run / "item_encodings.safetensors", {"catalog": catalog_fingerprint(catalog),
                                                                       "encoder": base_fingerprint},
                                  lambda: encode_items(model, tokenizer, catalog, progress=progress))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad = pad_id(tokenizer)
 
     head_config = RecHeadConfig(hidden_size=item_encodings.shape[1], num_items=len(catalog), dim=cfg.dim,
                                 pooling=cfg.pooling, temperature=cfg.temperature,
@@ -275,7 +268,6 @@ def _cached(path: Path, provenance: dict, compute) -> torch.Tensor:
     """A tensor saved at `path` with its provenance (safetensors metadata), recomputed when
     the provenance differs (another catalog, model or users)."""
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
     expected = {k: str(v) for k, v in provenance.items()}
     if path.exists():

@@ -26,7 +26,7 @@ import torch
 from rere.data.dataset import Dataset
 from rere.metrics import ranking_metrics
 from rere.rporec.config import Stage2Config
-from rere.rporec.encoding import encode_all
+from rere.rporec.encoding import encode_all, pad_id
 from rere.rporec.evaluation import check_encoder, recommend
 from rere.rporec.reasoning import generate_reasonings, reasoning_prompter, user_sequence
 from rere.rporec.rec_head import RecHead
@@ -113,7 +113,7 @@ class Stage2Trainer(GRPOLoop):
         eos = self.tokenizer.eos_token_id
         sequences = [user_sequence(p, g, eos) for p, gens in zip(prompts, generations) for g in gens]
         starts = [len(p) for p, gens in zip(prompts, generations) for _ in gens]
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (eos or 0)
+        pad = pad_id(self.tokenizer)
         with self.encoder() as encoder, self.autocast():
             states = encode_all(encoder, sequences, starts, pooling=self.head.config.pooling, pad_token_id=pad)
         G = len(generations[0]) if generations else 0
