@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 
 # Items per chunk: a [B, chunk] float32 block is 64 MB for B = 256, small against 1M x D items
-# and large enough that each chunk is one big matmul (CPU, 1M x 64 items, B = 64: 16k-row chunks
-# ran 0.32 s against 0.36 s for one unchunked matmul + topk).
+# and large enough that each chunk is one big matmul (2-core CPU, 256 queries x 1M x 256:
+# top-50 in 1.36 s with 65,536-item chunks, 1.40 s with 262,144).
 DEFAULT_CHUNK_ITEMS = 1 << 16
 
 

@@ -52,8 +52,8 @@ def rechead_reward(*, ndcg_weight: float = 1.0, ndcg_k: int | None = None, hit_b
                    hit_k: int = 10, length_penalty: float = 0.0, max_new_tokens: int = 128,
                    format_check: bool = True) -> RewardFn:
     """The default reward (module doc) with these weights; `format_check=False` drops the
-    format factor (a 135M model writes the format in ~1% of its first reasonings, which
-    leaves GRPO almost no reward to learn from)."""
+    format factor (SmolLM2-135M wrote the format in 2 of its first 512 reasonings on the
+    Amazon prompts, which leaves GRPO almost no reward to learn from)."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
 

@@ -179,6 +179,22 @@ def train_stage1(model, tokenizer, dataset: Dataset, config: Stage1Config, run_d
     provenance = {"catalog": catalog_fingerprint(catalog), "encoder": base_fingerprint,
                   "encoder_spec": encoder_spec}
     batches_per_epoch = max(1, len(train.examples) // cfg.batch_size)
+
+    def validate_now() -> None:
+        head.eval()
+        valid_states = states["valid"] if frozen else None
+        if valid_states is None:  # LoRA: the LLM changed, so did the validation users' states
+            with autocast():
+                valid_states = encode_all(model, valid.sequences, valid.starts, pooling=cfg.pooling, pad_token_id=pad)
+        metrics = head_metrics(head, valid_states, valid.targets, catalog)
+        log.log(epoch, metrics, split="valid")
+        if state["best"] is None or metrics["ndcg@10"] > state["best"]["ndcg@10"]:
+            state["best"], state["bad_evals"] = {"epoch": epoch, **metrics}, 0
+            _save_best(head, model, tokenizer, run, provenance, frozen)
+        else:
+            state["bad_evals"] += 1
+            state["stopped_early"] = bool(cfg.patience) and state["bad_evals"] >= cfg.patience
+
     bar = tqdm(total=cfg.epochs, initial=epoch, desc="RecHead", unit="epoch", disable=not progress)
     while epoch < cfg.epochs and not state["stopped_early"]:
         started = time.perf_counter()
@@ -211,8 +227,7 @@ def train_stage1(model, tokenizer, dataset: Dataset, config: Stage1Config, run_d
         bar.set_postfix(loss=f"{metrics['loss']:.4f}")
         bar.update(1)
         if valid is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-            _validate(head, model, valid, states.get("valid") if frozen else None, cfg, catalog, pad, autocast,
-                      epoch, log, state, run, tokenizer, provenance, frozen)
+            validate_now()
         elif valid is None:
             _save_best(head, model, tokenizer, run, provenance, frozen)
             state["best"] = {"epoch": epoch}
@@ -237,22 +252,6 @@ class _Trained(torch.nn.Module):
             self.llm = llm
 
 
-def _validate(head, model, valid: UserTexts, states, cfg, catalog, pad, autocast, epoch, log, state, run, tokenizer,
-              provenance, frozen) -> None:
-    head.eval()
-    if states is None:  # LoRA: the LLM changed, so do the validation users' states
-        with autocast():
-            states = encode_all(model, valid.sequences, valid.starts, pooling=cfg.pooling, pad_token_id=pad)
-    metrics = head_metrics(head, states, valid.targets, catalog)
-    log.log(epoch, metrics, split="valid")
-    if state["best"] is None or metrics["ndcg@10"] > state["best"]["ndcg@10"]:
-        state["best"], state["bad_evals"] = {"epoch": epoch, **metrics}, 0
-        _save_best(head, model, tokenizer, run, provenance, frozen)
-    else:
-        state["bad_evals"] += 1
-        state["stopped_early"] = bool(cfg.patience) and state["bad_evals"] >= cfg.patience
-
-
 def _save_best(head: RecHead, model, tokenizer, run: Path, provenance: dict, frozen: bool) -> None:
     """RUN/head (and with LoRA RUN/llm, the merged LLM the head reads: its encoder)."""
     if not frozen:
@@ -274,15 +273,11 @@ def _cached(path: Path, provenance: dict, compute) -> torch.Tensor:
         with safe_open(str(path), "pt") as f:
             if f.metadata() == expected:
                 return f.get_tensor("values")
-    values = compute()
-    write_atomically(path, lambda out: out.write(_safetensors_bytes(values, expected)))
-    return values
-
-
-def _safetensors_bytes(values: torch.Tensor, metadata: dict) -> bytes:
     from safetensors.torch import save
 
-    return save({"values": values.contiguous()}, metadata=metadata)
+    values = compute()
+    write_atomically(path, lambda out: out.write(save({"values": values.contiguous()}, metadata=expected)))
+    return values
 
 
 def _digest(sequences: list[list[int]]) -> str:

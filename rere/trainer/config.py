@@ -22,6 +22,11 @@ import yaml
 from rere.files import write_atomically
 
 
+def setting(help: str, **kwargs):
+    """A config dataclass field with its `--flag` help text (`add_config_arguments` reads it)."""
+    return dataclasses.field(metadata={"help": help}, **kwargs)
+
+
 def load_config(cls: type, yaml_path: str | os.PathLike | None = None, overrides: Mapping | None = None):
     """An instance of dataclass `cls`: its defaults, updated by the YAML file's values, then
     by the overrides that are not None."""
