@@ -1,6 +1,9 @@
 """rere.sampler.beam_search against Hugging Face generate with an exact prefix constraint."""
 from __future__ import annotations
 
+import inspect
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +11,7 @@ from transformers import LogitsProcessorList
 
 from rere.index import CatalogIndex
 from rere.sampler import beam_search
-from rere.sampler.kv_cache import PromptDecoder
+from rere.sampler.kv_cache import PromptDecoder, cache_keyword
 from sampler_fixtures import EOS, PAD, VOCAB, PrefixDictProcessor, catalog, completion, prompts
 from tiny_models import ARCHITECTURES, tiny_model
 
@@ -173,6 +176,42 @@ def test_kv_cache_reuse_gives_the_logits_of_a_full_recompute(arch, share_prompt,
                 assert torch.allclose(logits[r], fresh, atol=1e-4), (step, r)
     spa.AttentionInterface.register(spa.NAME, attention)
     assert bool(calls) == share_prompt  # the shared path really ran (and only when asked)
+
+
+class OldKeywordLM(torch.nn.Module):
+    """A model whose forward takes its Cache as `past_key_values` (transformers 4.x, or a
+    user's wrapper), around one that may take it as `cache` (transformers 5)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config = inner, inner.config
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None,
+                logits_to_keep=0):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=use_cache, logits_to_keep=logits_to_keep,
+                          **{cache_keyword(self.inner): past_key_values})
+
+
+@pytest.mark.parametrize("share_prompt", [True, False], ids=["shared-prompt", "copied-prompt"])
+def test_the_cache_goes_under_the_name_the_models_forward_takes(share_prompt):
+    """transformers 5 takes the cache as `cache` (`past_key_values` warns, and goes in 5.40);
+    a forward that names only `past_key_values` still gets it there, with the same beams."""
+    model = tiny_model("llama", VOCAB, seed=11)
+    assert cache_keyword(model) == ("cache" if "cache" in inspect.signature(model.forward).parameters
+                                    else "past_key_values")
+    assert cache_keyword(OldKeywordLM(model)) == "past_key_values"
+    index = CatalogIndex.from_sequences(catalog(50, seed=12), vocab_size=VOCAB)
+    ids, mask = prompts(2, seed=13)
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        new = beam_search(model, index, ids, mask, num_beams=4, eos_token_id=EOS, share_prompt=share_prompt)
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
+    with torch.no_grad():
+        old = beam_search(OldKeywordLM(model), index, ids, mask, num_beams=4, eos_token_id=EOS,
+                          share_prompt=share_prompt)
+    assert torch.equal(new.sequences, old.sequences)
+    torch.testing.assert_close(new.scores, old.scores)
 
 
 def test_never_checking_for_the_end_changes_nothing():

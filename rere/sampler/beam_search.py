@@ -74,7 +74,7 @@ def beam_search(
     """Constrained beam search: the `num_beams` best catalog items per prompt.
 
     Args:
-        model: a causal LM taking `past_key_values` (any `AutoModelForCausalLM`).
+        model: a causal LM taking a transformers Cache (any `AutoModelForCausalLM`).
         index: the catalog index, its sequences ending with EOS.
         input_ids, attention_mask: `[P, L]` prompts, left-padded.
         max_new_tokens: default, the longest catalog sequence.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
@@ -91,7 +92,7 @@ class _PreallocatedLayer(DynamicLayer):
 
 
 class BeamKVCache(Cache):
-    """A Cache for `model(..., past_key_values=cache)` with in-place growth and cheap reorders."""
+    """A Cache for `model(..., cache=...)` with in-place growth and cheap reorders."""
 
     def __init__(self, num_layers: int, capacity: int):
         super().__init__(layers=[_PreallocatedLayer(capacity) for _ in range(num_layers)])
@@ -138,6 +139,19 @@ class BeamKVCache(Cache):
             layer.copy_rows(dst, src)
 
 
+def cache_keyword(model) -> str:
+    """The name under which `model`'s forward takes a Cache: transformers 5 renamed
+    `past_key_values` to `cache` (the old name warns, and goes in 5.40); 4.x and models
+    whose forward says only **kwargs take `past_key_values`. A peft model is asked about
+    the model it wraps (its own forward says only **kwargs)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        parameters = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):  # a forward inspect cannot read (a C extension)
+        return "past_key_values"
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
 class PromptDecoder:
     """Decoding rows that share prefilled prompts: prefill P prompts once, `expand` each to
     R rows, then `step` feeds one token per row and returns the next logits.
@@ -150,6 +164,7 @@ class PromptDecoder:
                  min_vocab_size: int, share_prompt: bool = True):
         self.model = model
         self.share_prompt = share_prompt
+        self.cache_keyword = cache_keyword(model)
         layers = model.config.get_text_config().num_hidden_layers
         self.cache = BeamKVCache(layers, capacity=input_ids.shape[1] + max_new_tokens)
         positions = (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
@@ -158,7 +173,7 @@ class PromptDecoder:
             self.prompt_logits = self._prefill_one_by_one(input_ids, lengths, layers)
         else:
             out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                        past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+                        use_cache=True, logits_to_keep=1, **{self.cache_keyword: self.cache})
             self.prompt_logits = out.logits[:, -1]  # [P, V]: the next-token logits of each prompt
         if self.prompt_logits.shape[-1] < min_vocab_size:
             raise ValueError(f"the model has {self.prompt_logits.shape[-1]} logits but the index has vocab_size "
@@ -175,8 +190,8 @@ class PromptDecoder:
         logits = []
         for p, n in enumerate(lengths.tolist()):
             alone = BeamKVCache(layers, capacity=n)
-            out = self.model(input_ids=input_ids[p:p + 1, width - n:], past_key_values=alone, use_cache=True,
-                             logits_to_keep=1)
+            out = self.model(input_ids=input_ids[p:p + 1, width - n:], use_cache=True, logits_to_keep=1,
+                             **{self.cache_keyword: alone})
             logits.append(out.logits[:, -1])
             for layer, single in zip(self.cache.layers, alone.layers):
                 if not layer.is_initialized:  # buffers for all P rows; zeros where padding stays
@@ -211,7 +226,7 @@ class PromptDecoder:
         positions = self.next_position[:, None] + torch.arange(m, device=tokens.device)
         with shared_prompt_attention.active(self.model, self.cache) if self.share_prompt else contextlib.nullcontext():
             out = self.model(input_ids=tokens, attention_mask=self.mask, position_ids=positions,
-                             past_key_values=self.cache, use_cache=True)
+                             use_cache=True, **{self.cache_keyword: self.cache})
         self.next_position = self.next_position + m
         return out.logits
 

@@ -90,7 +90,7 @@ def sample(
     """Sample `num_samples` catalog items per prompt from the model, constrained to the trie.
 
     Args:
-        model: a causal LM taking `past_key_values` (any `AutoModelForCausalLM`), in the mode
+        model: a causal LM taking a transformers Cache (any `AutoModelForCausalLM`), in the mode
             it should sample in (`model.eval()` for no dropout).
         index: the catalog index, its sequences ending with EOS.
         input_ids, attention_mask: `[P, L]` prompts, left-padded.
