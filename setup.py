@@ -1,8 +1,4 @@
-"""Build the C++ catalog index (csrc/) through CMake + pybind11.
-
-`kernels/` is installed as `rere.kernels` through `package_dir`, in regular and editable
-installs alike.
-"""
+"""Build the C++ catalog index (csrc/) through CMake + pybind11."""
 import os
 import shutil
 import subprocess
@@ -74,8 +70,7 @@ class CMakeBuild(build_ext):
 
 
 setup(
-    packages=find_packages(include=["rere", "rere.*"]) + ["rere.kernels"],
-    package_dir={"rere": "rere", "rere.kernels": "kernels"},
+    packages=find_packages(include=["rere", "rere.*"]),
     ext_modules=[CMakeExtension("rere._trie", ROOT)],
     cmdclass={"build_ext": CMakeBuild},
     zip_safe=False,

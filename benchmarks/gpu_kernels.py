@@ -1,12 +1,14 @@
 """GPU benchmark of one constrained beam-search step (needs CUDA; not part of pytest).
 
-    python benchmarks/gpu_kernels.py [--rows 64 256 1024 4096] [--json out.json]
+    python benchmarks/gpu_kernels.py [--rows 64 256 1024 4096] [--beams 16 50] [--json out.json]
 
-For R beam rows over a 1M-item synthetic title catalog and V = 151,936, bf16 and fp32:
-the time of the fused Triton `beam_step`, of `trie_masked_log_softmax` alone, of the
-torch backend and of the eager pipeline (log_softmax, full-size mask, add, topk), with the
+For about R beam rows (whole prompts of B beams, k = 2B: training's 16 and evaluation's 50)
+over a 1M-item synthetic title catalog and V = 151,936, bf16 and fp32: the time of the
+Triton `beam_step` (row pass + merge), of `trie_masked_log_softmax` alone, of the torch
+backend and of the eager pipeline (log_softmax, full-size mask, add, topk), with the
 achieved bandwidth (logits bytes / time) against the measured device-to-device copy
-bandwidth. Target: the fused step at R >= 256 within 1.3x of one read of the logits.
+bandwidth. Target: the step at R >= 256 within 1.3x of one read of the logits. Each
+result is checked against the torch twin (`rere.kernels.numerics`).
 """
 from __future__ import annotations
 
@@ -22,10 +24,10 @@ from bench_index import beam_positions, states_of  # noqa: E402
 
 from rere.index import CatalogIndex  # noqa: E402
 from rere.kernels import beam_step, trie_masked_log_softmax  # noqa: E402
+from rere.kernels.numerics import candidate_differences  # noqa: E402
 from rere.synthetic import title_like_catalog  # noqa: E402
 
 VOCAB = 151_936
-BEAMS = 16
 
 
 def cuda_time(fn, repeat: int = 20) -> float:
@@ -63,6 +65,7 @@ def eager_step(index, states, logits, beam_scores, k):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[64, 256, 1024, 4096])
+    parser.add_argument("--beams", type=int, nargs="+", default=[16, 50])
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -74,28 +77,35 @@ def main() -> None:
     bandwidth = copy_bandwidth()
     print(f"{torch.cuda.get_device_name()}: device-to-device copy {bandwidth / 1e9:.0f} GB/s (read + write)")
     results = {"device": torch.cuda.get_device_name(), "copy_GBps": bandwidth / 1e9, "rows": []}
-    header = f"{'R':>5} {'dtype':>9} {'one read':>9} {'fused step':>11} {'x read':>7} {'GB/s':>6} " \
-             f"{'masked lsm':>11} {'torch step':>11} {'eager':>9}"
+    header = f"{'R':>5} {'B':>3} {'dtype':>9} {'one read':>9} {'triton step':>12} {'x read':>7} {'GB/s':>6} " \
+             f"{'masked lsm':>11} {'torch step':>11} {'eager':>9} {'differs':>8}"
     print(header)
-    for rows in args.rows:
-        prefixes, _ = beam_positions(tokens, offsets, n_beams=rows, seed=rows)
-        states = states_of(cpu_index, prefixes).cuda()
-        beam_scores = -torch.rand(rows // BEAMS, BEAMS, device="cuda") * 5
-        for dtype in (torch.bfloat16, torch.float32):
-            logits = torch.randn(rows, VOCAB, device="cuda").to(dtype)
-            nbytes = logits.numel() * logits.element_size()
-            t_fused = cuda_time(lambda: beam_step(logits, states, beam_scores, index.tensors, 2 * BEAMS))
-            t_lsm = cuda_time(lambda: trie_masked_log_softmax(logits, states, index.tensors))
-            t_torch = cuda_time(lambda: beam_step(logits, states, beam_scores, index.tensors, 2 * BEAMS,
-                                                  backend="torch"), repeat=5)
-            t_eager = cuda_time(lambda: eager_step(index, states, logits, beam_scores, 2 * BEAMS), repeat=5)
-            one_read = nbytes / (bandwidth / 2)
-            row = {"R": rows, "dtype": str(dtype).removeprefix("torch."), "bytes": nbytes, "one_read_s": one_read,
-                   "fused_s": t_fused, "masked_log_softmax_s": t_lsm, "torch_step_s": t_torch, "eager_s": t_eager}
-            results["rows"].append(row)
-            print(f"{rows:>5} {row['dtype']:>9} {one_read * 1e6:>7.0f}us {t_fused * 1e6:>9.0f}us "
-                  f"{t_fused / one_read:>6.2f}x {nbytes / t_fused / 1e9:>6.0f} {t_lsm * 1e6:>9.0f}us "
-                  f"{t_torch * 1e6:>9.0f}us {t_eager * 1e6:>7.0f}us")
+    for beams in args.beams:
+        for wanted_rows in args.rows:
+            rows = max(1, wanted_rows // beams) * beams
+            prefixes, _ = beam_positions(tokens, offsets, n_beams=rows, seed=rows)
+            states = states_of(cpu_index, prefixes).cuda()
+            beam_scores = -torch.rand(rows // beams, beams, device="cuda") * 5
+            k = 2 * beams
+            for dtype in (torch.bfloat16, torch.float32):
+                logits = torch.randn(rows, VOCAB, device="cuda").to(dtype)
+                nbytes = logits.numel() * logits.element_size()
+                differs = len(candidate_differences(beam_step(logits, states, beam_scores, index.tensors, k),
+                                                    beam_step(logits, states, beam_scores, index.tensors, k,
+                                                              backend="torch")))
+                t_fused = cuda_time(lambda: beam_step(logits, states, beam_scores, index.tensors, k))
+                t_lsm = cuda_time(lambda: trie_masked_log_softmax(logits, states, index.tensors))
+                t_torch = cuda_time(lambda: beam_step(logits, states, beam_scores, index.tensors, k,
+                                                      backend="torch"), repeat=5)
+                t_eager = cuda_time(lambda: eager_step(index, states, logits, beam_scores, k), repeat=5)
+                one_read = nbytes / (bandwidth / 2)
+                row = {"R": rows, "beams": beams, "dtype": str(dtype).removeprefix("torch."), "bytes": nbytes,
+                       "one_read_s": one_read, "fused_s": t_fused, "masked_log_softmax_s": t_lsm,
+                       "torch_step_s": t_torch, "eager_s": t_eager, "differences_from_torch": differs}
+                results["rows"].append(row)
+                print(f"{rows:>5} {beams:>3} {row['dtype']:>9} {one_read * 1e6:>7.0f}us {t_fused * 1e6:>10.0f}us "
+                      f"{t_fused / one_read:>6.2f}x {nbytes / t_fused / 1e9:>6.0f} {t_lsm * 1e6:>9.0f}us "
+                      f"{t_torch * 1e6:>9.0f}us {t_eager * 1e6:>7.0f}us {differs:>8}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -17,6 +17,8 @@ gradient itself is included in both and also shown on its own.
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import torch
 
@@ -78,6 +80,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=151_936)
     parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["bf16", "fp32"])
     parser.add_argument("--skip-naive", action="store_true", help="only the Triton op (less memory)")
+    parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA GPU")
@@ -87,6 +90,7 @@ def main() -> None:
               f"{'bwd GB/s':>9} | {'peak MB':>9} {'grad MB':>8} {'peak-grad':>9} | {'max |diff|':>10}")
     print(header)
     print("-" * len(header))
+    figures = {"device": torch.cuda.get_device_name(), "vocab": args.vocab, "rows": []}
     for dtype_name in args.dtypes:
         dtype = DTYPES[dtype_name]
         for n in args.tokens:
@@ -96,6 +100,8 @@ def main() -> None:
             reference = rows.get("naive", rows["triton"])["out"]
             for impl, r in rows.items():
                 diff = (r["out"] - reference).abs().max().item()
+                figures["rows"].append({"N": n, "dtype": dtype_name, "impl": impl, "max_abs_diff": diff,
+                                        **{key: value for key, value in r.items() if key != "out"}})
                 print(f"{n:>6} {dtype_name:>5} {impl:>6} | {r['fwd_ms']:>8.3f} {r['fwd_gbs']:>9.0f} | "
                       f"{r['bwd_ms']:>8.3f} {r['bwd_gbs']:>9.0f} | {r['peak_mb']:>9.0f} {r['grad_mb']:>8.0f} "
                       f"{r['peak_mb'] - r['grad_mb']:>9.1f} | {diff:>10.2e}")
@@ -103,6 +109,8 @@ def main() -> None:
                 t, nv = rows["triton"], rows["naive"]
                 print(f"{'':>6} {'':>5} {'ratio':>6} | {nv['fwd_ms'] / t['fwd_ms']:>7.2f}x {'':>9} | "
                       f"{nv['bwd_ms'] / t['bwd_ms']:>7.2f}x {'':>9} | {nv['peak_mb'] / max(t['peak_mb'], 1e-9):>8.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

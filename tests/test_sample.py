@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
+from conftest import KERNEL_DEVICE
 from rere.index import CatalogIndex
 from rere.sampler.sampling import SampleOutput, filter_top_k_top_p, sample
 from sampler_fixtures import EOS, PAD, VOCAB, catalog, prompts
@@ -320,14 +321,15 @@ def test_filter_top_k_top_p_matches_hf_warpers_row_by_row(top_k, top_p):
 
 
 def test_triton_backend_samples_what_the_torch_backend_samples():
+    """On the GPU too: a draw changes only if it falls within ~1e-6 of a CDF boundary."""
     pytest.importorskip("triton")
     if not torch.cuda.is_available():
         from rere.kernels.backend import interpreting
         if not interpreting():
             pytest.skip("Triton on the CPU needs TRITON_INTERPRET=1")
-    model = tiny_model("qwen2", VOCAB, seed=51)
+    model = tiny_model("qwen2", VOCAB, seed=51).to(KERNEL_DEVICE)
     index = CatalogIndex.from_sequences(catalog(60, seed=52), vocab_size=VOCAB)
-    ids, mask = prompts(2, seed=53)
+    ids, mask = (t.to(KERNEL_DEVICE) for t in prompts(2, seed=53))
     runs = [sample(model, index, ids, mask, num_samples=6, temperature=1.5, top_p=0.95, eos_token_id=EOS,
                    generator=seeded(), backend=backend) for backend in ("torch", "triton")]
     assert torch.equal(runs[0].sequences, runs[1].sequences)

@@ -78,7 +78,7 @@ def make(shape, dtype, device, seed=0, scale=3.0):
 # ----------------------------------------------------------------------------- selective_log_softmax
 
 # (leading dims..., V): V = 1, N = 1, V not a power of two, V spanning blocks with a remainder
-# (MAX_BLOCK_V = 4096), and 3-D leading dims.
+# (rere.kernels.launch.STREAM_BLOCKS: at most 4,096), and 3-D leading dims.
 SHAPES = [(1, 1), (1, 7), (6, 1), (5, 33), (3, 1000), (3, 4097), (2, 3, 50)]
 
 
@@ -97,7 +97,7 @@ def test_matches_reference(backend, device, dtype, shape):
 def test_multi_block_rows(backend, device, dtype, monkeypatch):
     """Many blocks per row, the last one partial: Triton with a 16-wide block; torch with
     chunks of 3 rows (so chunk boundaries fall inside the batch)."""
-    monkeypatch.setattr(sls_mod, "MAX_BLOCK_V", 16)
+    monkeypatch.setattr(sls_mod, "stream_block", lambda length: (16, 1))
     monkeypatch.setitem(sls_mod.TORCH_CHUNK_BYTES, "cpu", 3 * 4 * 83)
     logits, ids, g = make((8, 83), dtype, device, seed=1)
     out, grad = run(logits, ids, g, backend=backend)

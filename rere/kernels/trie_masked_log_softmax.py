@@ -22,6 +22,7 @@ from rere.kernels.triton_compat import tl, triton
 
 from rere.index.tensors import TrieTensors, allowed as trie_allowed
 from rere.kernels import backend as _backend
+from rere.kernels.launch import COMPILE_OPTIONS
 
 # The torch path works on row chunks of about this many elements, in one reused fp32
 # buffer that stays in cache, instead of allocating [R, V] temporaries.
@@ -148,5 +149,5 @@ def _triton_scores(logits, offsets, tokens, renormalize):
     if logits.shape[0]:
         _allowed_scores_kernel[(logits.shape[0],)](
             logits, logits.stride(0), logits.shape[1], offsets, tokens, scores,
-            RENORMALIZE=renormalize, BLOCK_V=BLOCK_V, BLOCK_T=256)
+            RENORMALIZE=renormalize, BLOCK_V=BLOCK_V, BLOCK_T=256, **COMPILE_OPTIONS)
     return scores

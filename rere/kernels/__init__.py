@@ -1,7 +1,9 @@
 """rere.kernels: the decode step and the trainer's log-probs, each op in Triton beside its
 torch reference twin (same signature; the CPU path). `backend=None` picks Triton on CUDA.
 
-Installed as `rere.kernels` (setup.py maps this folder through `package_dir`).
+They live inside the package, not in a top-level `kernels/` folder: transformers (>= 5.25)
+depends on Hugging Face's `kernels` distribution, and a top-level folder of that name in a
+checkout shadowed it for anything started from the repository root.
 """
 from rere.kernels.beam_step import beam_step
 from rere.kernels.beam_topk import BeamCandidates, beam_topk

@@ -18,10 +18,23 @@ import torch
 from rere.kernels.triton_compat import tl, triton
 
 from rere.kernels import backend as _backend
+from rere.kernels.launch import COMPILE_OPTIONS
 from rere.kernels.ranking_keys import EMPTY, KEY_LIMIT, TL_EMPTY, pack, tl_pack, unpack
 from rere.kernels.trie_masked_log_softmax import AllowedScores
 
-MAX_TRITON_K = 128  # the running top-k lives in registers
+# The running top-k of a Triton program lives in registers, padded to one of these widths
+# (larger k takes the torch twin). Few widths, so that CI can compile each ahead of time.
+K_PADS = (16, 32, 64, 128)
+TOPK_BLOCK = 256  # candidates a beam_topk program streams at once
+# Warps of a program that top-k's blocks of TOPK_BLOCK packed keys (here and in beam_step's
+# merge): one packed key a thread. Such a program serves a whole prompt, so the decode step
+# waits on its latency.
+TOPK_WARPS = 8
+
+
+def k_pad_for(k: int) -> int:
+    """The register width of a running top-k of `k` (k <= K_PADS[-1])."""
+    return next(width for width in K_PADS if width >= k)
 
 
 @dataclass(frozen=True)
@@ -45,7 +58,7 @@ def beam_topk(beam_scores: torch.Tensor, children: AllowedScores, k: int, *, bac
                          f"and {children.offsets.numel() - 1} rows")
     if k < 1:
         raise ValueError(f"k must be positive, got {k}")
-    if _backend.resolve(backend, beam_scores) == "triton" and k <= MAX_TRITON_K:
+    if _backend.resolve(backend, beam_scores) == "triton" and k <= K_PADS[-1]:
         return _triton_beam_topk(beam_scores, children, k)
     return _torch_beam_topk(beam_scores, children, k)
 
@@ -96,10 +109,14 @@ def _torch_beam_topk(beam_scores, children, k):
 
 # ---------------------------------------------------------------------------- triton path
 @triton.jit
-def tl_merge_topk(best, block, K_PAD: tl.constexpr):
-    """The K_PAD largest of two sorted-or-not K_PAD vectors of packed keys."""
-    both = tl.reshape(tl.join(best, block), (2 * K_PAD,))
-    return tl.topk(both, K_PAD)
+def tl_merge_block(best, block, K_PAD: tl.constexpr):
+    """The K_PAD largest packed keys of `best` (K_PAD of them) and `block` (a power-of-two
+    width >= K_PAD); `best` unchanged, at the cost of one max, when nothing in `block` makes
+    the cut (the common case once the running top-k has filled)."""
+    if tl.max(block, axis=0) > tl.min(best, axis=0):
+        both = tl.reshape(tl.join(best, tl.topk(block, K_PAD)), (2 * K_PAD,))
+        best = tl.topk(both, K_PAD)
+    return best
 
 
 @triton.jit
@@ -115,20 +132,18 @@ def _beam_topk_kernel(offsets_ptr, rows_ptr, scores_ptr, beam_scores_ptr, out_pt
         mask = idx < end
         row = tl.load(rows_ptr + idx, mask=mask, other=0)
         total = tl.load(beam_scores_ptr + row, mask=mask, other=0.0) + tl.load(scores_ptr + idx, mask=mask, other=0.0)
-        packed = tl.where(mask, tl_pack(total, idx - begin), TL_EMPTY)
-        if tl.max(packed, axis=0) > tl.min(best, axis=0):  # something here makes the cut
-            best = tl_merge_topk(best, tl.topk(packed, K_PAD), K_PAD)
+        best = tl_merge_block(best, tl.where(mask, tl_pack(total, idx - begin), TL_EMPTY), K_PAD)
     slots = tl.arange(0, K_PAD)
     tl.store(out_ptr + prompt * k + slots, best, mask=slots < k)
 
 
 def _triton_beam_topk(beam_scores, children, k):
     n_prompts, beams = beam_scores.shape
-    k_pad = max(2, triton.next_power_of_2(k))
+    k_pad = k_pad_for(k)
     out = torch.empty((n_prompts, k), dtype=torch.int64, device=beam_scores.device)
     if n_prompts:
         _beam_topk_kernel[(n_prompts,)](
             children.offsets, children.rows, children.scores, beam_scores.float().contiguous(), out, beams, k,
-            K_PAD=k_pad, BLOCK=max(k_pad, 256))
+            K_PAD=k_pad, BLOCK=max(k_pad, TOPK_BLOCK), num_warps=TOPK_WARPS, **COMPILE_OPTIONS)
     prompt_start = children.offsets[::beams][:n_prompts]
     return decode(children, beams, prompt_start, out)

@@ -44,12 +44,9 @@ import torch
 
 from . import backend as _backend
 
+from .launch import COMPILE_OPTIONS, stream_block
 from .triton_compat import tl, triton
 
-# Largest block a Triton program loads at once. Rows longer than this are streamed in
-# several blocks; 4,096 fp32 (16 KB) per step keeps registers modest at 8 warps. Tests lower
-# it to exercise the multi-block path on small vocabularies.
-MAX_BLOCK_V = 4096
 # Budget for the torch backend's float32 scratch chunk of rows (bytes), by device type. On a
 # CPU a cache-sized chunk (8 MB: 13 rows of Qwen2's 151,936 logits) lets the element-wise
 # passes over it hit cache (forward at N = 2,048 on the 2-core dev machine: 0.28 s at 8 MB,
@@ -202,13 +199,6 @@ def _row_layout(x: torch.Tensor) -> tuple[int, int, int] | None:
     return None
 
 
-def _launch_config(V: int) -> tuple[int, int]:
-    """(BLOCK_V, num_warps). Untuned beyond common sense: a power of two covering V up to
-    MAX_BLOCK_V, and enough warps that each thread holds ~16 values."""
-    block = min(triton.next_power_of_2(V), MAX_BLOCK_V)
-    return block, max(1, min(8, block // 512))
-
-
 def _triton_forward(logits: torch.Tensor, ids: torch.Tensor, ignore_index: int):
     """Launch the forward kernel. Returns (out [N] fp32, lse [N] fp32, the logits tensor the
     kernel read, its row layout) — the last two are what the backward must read again."""
@@ -221,10 +211,10 @@ def _triton_forward(logits: torch.Tensor, ids: torch.Tensor, ignore_index: int):
     out = torch.empty(N, dtype=torch.float32, device=logits.device)
     lse = torch.empty(N, dtype=torch.float32, device=logits.device)
     if N:
-        block, warps = _launch_config(V)
+        block, warps = stream_block(V)
         _selective_log_softmax_fwd_kernel[(N,)](
             logits, ids, out, lse, V, *layout, logits.stride(-1), ignore_index,
-            BLOCK_V=block, num_warps=warps,
+            BLOCK_V=block, num_warps=warps, **COMPILE_OPTIONS,
         )
     return out, lse, logits, layout
 
@@ -234,10 +224,10 @@ def _triton_backward(logits, layout, ids, lse, grad_out, ignore_index):
     N = ids.numel()
     grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
     if N:
-        block, warps = _launch_config(V)
+        block, warps = stream_block(V)
         _selective_log_softmax_bwd_kernel[(N,)](
             logits, ids, lse, grad_out, grad, V, *layout, logits.stride(-1), ignore_index,
-            BLOCK_V=block, num_warps=warps,
+            BLOCK_V=block, num_warps=warps, **COMPILE_OPTIONS,
         )
     return grad
 

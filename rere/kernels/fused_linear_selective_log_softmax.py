@@ -45,6 +45,7 @@ import torch
 from . import backend as _backend
 from .selective_log_softmax import check_token_ids
 
+from .launch import COMPILE_OPTIONS, stream_block
 from .triton_compat import tl, triton
 
 # Default budget for one chunk of float32 logits, N_active x chunk_size x 4 bytes, by device
@@ -56,8 +57,6 @@ from .triton_compat import tl, triton
 CHUNK_BUDGET_BYTES = {"cpu": 16 << 20, "cuda": 256 << 20}
 # Chunk widths are rounded to this (tensor-core friendly matmul shapes).
 CHUNK_MULTIPLE = 128
-# Largest block a Triton program streams over a chunk row at once.
-MAX_BLOCK = 4096
 
 
 def default_chunk_size(n_rows: int, vocab_size: int, device: torch.device | str = "cpu") -> int:
@@ -137,24 +136,19 @@ def _chunk_grad_kernel(
         tl.store(z_row + offs, dz.to(z_ptr.dtype.element_ty), mask=mask)
 
 
-def _block_config(C: int) -> tuple[int, int]:
-    block = min(triton.next_power_of_2(C), MAX_BLOCK)
-    return block, max(1, min(8, block // 512))
-
-
 def _chunk_lse_triton(z, ids, lse, tgt, col0, scale, scratch=None):
     """Update lse (running logsumexp) and tgt (target logit) in place from chunk logits z."""
-    block, warps = _block_config(z.shape[1])
+    block, warps = stream_block(z.shape[1])
     _chunk_lse_kernel[(z.shape[0],)](
-        z, z.stride(0), ids, lse, tgt, z.shape[1], col0, scale, BLOCK=block, num_warps=warps
+        z, z.stride(0), ids, lse, tgt, z.shape[1], col0, scale, BLOCK=block, num_warps=warps, **COMPILE_OPTIONS
     )
 
 
 def _chunk_grad_triton(z, ids, lse, g, col0, scale, scratch=None):
     """d out / d z for chunk logits z, written over z (inputs' dtype); returns z."""
-    block, warps = _block_config(z.shape[1])
+    block, warps = stream_block(z.shape[1])
     _chunk_grad_kernel[(z.shape[0],)](
-        z, z.stride(0), ids, lse, g, z.shape[1], col0, scale, BLOCK=block, num_warps=warps
+        z, z.stride(0), ids, lse, g, z.shape[1], col0, scale, BLOCK=block, num_warps=warps, **COMPILE_OPTIONS
     )
     return z
 
