@@ -96,6 +96,20 @@ def run(step: Step, out: Path, left: float) -> None:
         step.figures = json.loads((out / step.json_name).read_text())
 
 
+def run_all(all_steps: list[Step], out: Path, budget: float) -> float:
+    """Run the steps in order within `budget` seconds; returns the seconds spent."""
+    started = time.perf_counter()
+    for step in all_steps:
+        left = budget - (time.perf_counter() - started)
+        if step.estimate_s > left:
+            step.status = f"skipped: its estimate ({step.estimate_s} s) would overrun the {left:.0f} s left"
+        else:
+            print(f"[{time.perf_counter() - started:5.0f} s] {step.name}: {step.what}", flush=True)
+            run(step, out, left)
+        print(f"        {step.status} ({step.seconds:.0f} s)\n{step.tail}", flush=True)
+    return time.perf_counter() - started
+
+
 def markdown(device: str, all_steps: list[Step], total: float) -> str:
     lines = [f"### GPU checks on {device} ({time.strftime('%Y-%m-%d')}, `benchmarks/gpu_checks.py`, "
              f"{total:.0f} s in all)", "", "| step | what | status | seconds |", "| --- | --- | --- | ---: |"]
@@ -127,16 +141,7 @@ def main() -> int:
     device = torch.cuda.get_device_name()
     args.out.mkdir(parents=True, exist_ok=True)
     all_steps = [s for s in steps(args.out) if not args.only or s.name in args.only]
-    started = time.perf_counter()
-    for step in all_steps:
-        left = args.budget - (time.perf_counter() - started)
-        if step.estimate_s > left:
-            step.status = f"skipped: its estimate ({step.estimate_s} s) would overrun the {left:.0f} s left"
-        else:
-            print(f"[{time.perf_counter() - started:5.0f} s] {step.name}: {step.what}", flush=True)
-            run(step, args.out, left)
-        print(f"        {step.status} ({step.seconds:.0f} s)\n{step.tail}", flush=True)
-    total = time.perf_counter() - started
+    total = run_all(all_steps, args.out, args.budget)
     (args.out / "gpu_checks.json").write_text(json.dumps(
         {"device": device, "seconds": round(total, 1), "steps": [vars(s) for s in all_steps]}, indent=1))
     (args.out / "gpu_checks.md").write_text(markdown(device, all_steps, total))

@@ -1,4 +1,4 @@
-"""trie_masked_log_softmax, beam_topk and the fused beam_step against a float64 reference.
+"""trie_masked_log_softmax, beam_topk and beam_step (row pass + merge) against a float64 reference.
 
 Triton runs on KERNEL_DEVICE: the GPU when there is one, else the CPU under
 TRITON_INTERPRET=1 (set by conftest.py), so shapes stay small.

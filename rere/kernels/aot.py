@@ -226,8 +226,21 @@ def uncovered_kernels(launches: list[dict]) -> list[str]:
     return sorted(set(defined) - reached)
 
 
+def _require_report_hooks() -> None:
+    """The two Triton internals this check reads exist in the Triton it was written against
+    (3.9); triton 3.4, the oldest the kernels accept, has neither."""
+    import triton
+    from triton import knobs
+    from triton.runtime.jit import JITFunction
+
+    if not (hasattr(JITFunction, "_pack_args") and hasattr(knobs.nvidia, "dump_ptxas_log")):
+        raise RuntimeError(f"rere.kernels.aot needs triton's JIT packing and ptxas-log hooks (triton 3.9 has "
+                           f"them); this is triton {triton.__version__}: pip install -U triton")
+
+
 def compile_all(launches: list[dict], target) -> list[CompileResult]:
     """Every launch for one target, in a fresh Triton cache (so that ptxas reports)."""
+    _require_report_hooks()
     with tempfile.TemporaryDirectory(prefix="rere-aot-") as cache:
         os.environ["TRITON_CACHE_DIR"] = cache
         return [compile_launch(launch, target) for launch in launches]
