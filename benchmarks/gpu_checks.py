@@ -14,8 +14,11 @@ the budget, and a step whose estimate no longer fits is skipped and reported as 
 4. the beam-step kernel benchmark (16 and 50 beams), 5. the selective log-softmax
    benchmark, 6. the sampler benchmark (no HF comparison), 7. the GRPO-step benchmark.
 
-Writes OUT_DIR/gpu_checks.json (every step: status, seconds, exit code, its own JSON),
-OUT_DIR/gpu_checks.md (a section for benchmarks/RESULTS.md) and one log per step.
+Writes three files to OUT_DIR: gpu_checks.json (every step: status, seconds, exit code,
+the last lines of its log, its own JSON), gpu_checks.md (a section for
+benchmarks/RESULTS.md) and gpu_checks_logs.tar.gz (each step's whole log and JSON, also
+left in --work). The compile check fills a fresh Triton cache that every later step uses,
+so the kernels compile once, before the timed parts.
 
 Estimates (seconds) are from the parts, not from a run of this script (none has run on a
 GPU yet): the compile check took 20 s to record and 196 compilations in 120 s on 2 CPU
@@ -30,6 +33,8 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,10 +59,11 @@ class Step:
     tail: str = ""
 
 
-def steps(out: Path) -> list[Step]:
+def steps(out: Path, cache: Path) -> list[Step]:
     return [
         Step("compile", "every kernel compiled for this GPU: registers, spills", [
-            PY, "-m", "rere.kernels.aot", "--device", "--json", str(out / "aot.json")], 60, "aot.json"),
+            PY, "-m", "rere.kernels.aot", "--device", "--cache", str(cache), "--json", str(out / "aot.json")], 60,
+            "aot.json"),
         Step("gpu-tests", "pytest -m gpu", [
             PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "tests"], 90),
         Step("kernel-tests", "kernel, sampler and log-softmax tests, Triton compiled on the GPU", [
@@ -77,9 +83,9 @@ def steps(out: Path) -> list[Step]:
     ]
 
 
-def run(step: Step, out: Path, left: float) -> None:
+def run(step: Step, out: Path, left: float, cache: Path | None = None) -> None:
     log = out / f"{step.name}.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **({"TRITON_CACHE_DIR": str(cache)} if cache else {}))
     env.pop("TRITON_INTERPRET", None)
     started = time.perf_counter()
     with open(log, "w") as handle:
@@ -96,8 +102,9 @@ def run(step: Step, out: Path, left: float) -> None:
         step.figures = json.loads((out / step.json_name).read_text())
 
 
-def run_all(all_steps: list[Step], out: Path, budget: float) -> float:
-    """Run the steps in order within `budget` seconds; returns the seconds spent."""
+def run_all(all_steps: list[Step], out: Path, budget: float, cache: Path | None = None) -> float:
+    """Run the steps in order within `budget` seconds, logs and JSON into `out`, Triton's
+    cache in `cache`; returns the seconds spent."""
     started = time.perf_counter()
     for step in all_steps:
         left = budget - (time.perf_counter() - started)
@@ -105,7 +112,7 @@ def run_all(all_steps: list[Step], out: Path, budget: float) -> float:
             step.status = f"skipped: its estimate ({step.estimate_s} s) would overrun the {left:.0f} s left"
         else:
             print(f"[{time.perf_counter() - started:5.0f} s] {step.name}: {step.what}", flush=True)
-            run(step, out, left)
+            run(step, out, left, cache)
         print(f"        {step.status} ({step.seconds:.0f} s)\n{step.tail}", flush=True)
     return time.perf_counter() - started
 
@@ -130,7 +137,8 @@ def markdown(device: str, all_steps: list[Step], total: float) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", type=Path, help="folder for the logs, gpu_checks.json and gpu_checks.md")
+    parser.add_argument("out", type=Path, help="folder for gpu_checks.json, gpu_checks.md and the logs' archive")
+    parser.add_argument("--work", type=Path, help="folder for each step's log and JSON (default: OUT/steps)")
     parser.add_argument("--budget", type=float, default=480, help="seconds for all steps together")
     parser.add_argument("--only", nargs="+", help="run only these steps (by name)")
     args = parser.parse_args()
@@ -139,9 +147,14 @@ def main() -> int:
     if not torch.cuda.is_available():
         sys.exit("gpu_checks.py needs a CUDA GPU")
     device = torch.cuda.get_device_name()
-    args.out.mkdir(parents=True, exist_ok=True)
-    all_steps = [s for s in steps(args.out) if not args.only or s.name in args.only]
-    total = run_all(all_steps, args.out, args.budget)
+    work = args.work or args.out / "steps"
+    for folder in (args.out, work):
+        folder.mkdir(parents=True, exist_ok=True)
+    cache = Path(tempfile.mkdtemp(prefix="rere-gpu-checks-triton-"))
+    all_steps = [s for s in steps(work, cache) if not args.only or s.name in args.only]
+    total = run_all(all_steps, work, args.budget, cache)
+    with tarfile.open(args.out / "gpu_checks_logs.tar.gz", "w:gz") as archive:
+        archive.add(work, arcname="steps")
     (args.out / "gpu_checks.json").write_text(json.dumps(
         {"device": device, "seconds": round(total, 1), "steps": [vars(s) for s in all_steps]}, indent=1))
     (args.out / "gpu_checks.md").write_text(markdown(device, all_steps, total))

@@ -41,7 +41,7 @@ def test_steps_run_in_order_within_the_budget_and_the_report_says_what_happened(
 
 def test_every_script_a_step_runs_exists_and_takes_its_flags():
     checks = load()
-    for step in checks.steps(Path("OUT")):
+    for step in checks.steps(Path("OUT"), Path("CACHE")):
         command = step.command[1:]
         if command[0].endswith(".py"):
             text = (SCRIPT.parents[1] / command[0]).read_text()

@@ -238,11 +238,13 @@ def _require_report_hooks() -> None:
                            f"them); this is triton {triton.__version__}: pip install -U triton")
 
 
-def compile_all(launches: list[dict], target) -> list[CompileResult]:
-    """Every launch for one target, in a fresh Triton cache (so that ptxas reports)."""
+def compile_all(launches: list[dict], target, cache: str | None = None) -> list[CompileResult]:
+    """Every launch for one target, in a fresh Triton cache (a cached kernel prints no ptxas
+    report): a temporary one, or `cache`, an empty folder that later processes can point
+    TRITON_CACHE_DIR at so that their launches of the same kernels compile nothing."""
     _require_report_hooks()
-    with tempfile.TemporaryDirectory(prefix="rere-aot-") as cache:
-        os.environ["TRITON_CACHE_DIR"] = cache
+    with tempfile.TemporaryDirectory(prefix="rere-aot-") as temporary:
+        os.environ["TRITON_CACHE_DIR"] = cache or temporary
         return [compile_launch(launch, target) for launch in launches]
 
 
@@ -266,10 +268,10 @@ def _finish(process: subprocess.Popen, what: str) -> None:
 
 
 def check(archs: tuple[int, ...] = DEFAULT_ARCHS, *, device: bool = False, launches: list[dict] | None = None,
-          jobs: int | None = None, extra_path: str | None = None) -> Report:
+          jobs: int | None = None, cache: str | None = None, extra_path: str | None = None) -> Report:
     """Record (unless `launches` is given) and compile for every arch, or for this machine's
     GPU with `device=True`, in `jobs` parallel processes (default: one a CPU core, at least
-    one a target). `extra_path` is prepended to the child processes' PYTHONPATH (launches of
+    one a target), into `cache` if given (see `compile_all`). `extra_path` is prepended to the child processes' PYTHONPATH (launches of
     kernels outside the package, in tests)."""
     with tempfile.TemporaryDirectory(prefix="rere-aot-") as work:
         work = Path(work)
@@ -285,8 +287,9 @@ def check(archs: tuple[int, ...] = DEFAULT_ARCHS, *, device: bool = False, launc
         for t in targets:
             for shard in range(shards):
                 out = work / f"{t}-{shard}.json"
-                processes[out] = _run_stage(["compile", "--launches", str(records), "--target", t, "--out", str(out),
-                                             "--shard", f"{shard}/{shards}"], interpret=False, extra_path=extra_path)
+                stage = ["compile", "--launches", str(records), "--target", t, "--out", str(out),
+                         "--shard", f"{shard}/{shards}"] + (["--cache", cache] if cache else [])
+                processes[out] = _run_stage(stage, interpret=False, extra_path=extra_path)
         for out, process in processes.items():
             _finish(process, f"compile ({out.stem})")
         report = Report(launches=len(launches))
@@ -317,9 +320,12 @@ def main(argv: list[str] | None = None) -> int:
     comp.add_argument("--target", required=True, help="an sm number (80, 90) or 'device'")
     comp.add_argument("--out", required=True)
     comp.add_argument("--shard", default="0/1", help="I/N: compile every N-th launch from the I-th")
+    comp.add_argument("--cache")
     parser.add_argument("--arch", type=int, action="append", help="sm number; repeat (default: 80 and 90)")
     parser.add_argument("--device", action="store_true", help="compile for this machine's GPU instead")
     parser.add_argument("--jobs", type=int, help="compile processes (default: one a CPU core)")
+    parser.add_argument("--cache", help="an empty folder to compile into (later runs with TRITON_CACHE_DIR set to it "
+                                        "find these kernels compiled)")
     parser.add_argument("--json", help="write the whole report here")
     args = parser.parse_args(argv)
 
@@ -331,13 +337,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "compile":
         launches = json.loads(Path(args.launches).read_text())
         shard, shards = (int(n) for n in args.shard.split("/"))
-        results = compile_all(launches[shard::shards], _target(args.target))
+        results = compile_all(launches[shard::shards], _target(args.target), args.cache)
         Path(args.out).write_text(json.dumps({"results": [asdict(r) for r in results],
                                               "uncovered": uncovered_kernels(launches)}))
         return 0
 
     started = time.perf_counter()
-    report = check(tuple(args.arch or DEFAULT_ARCHS), device=args.device, jobs=args.jobs)
+    if args.cache and Path(args.cache).exists() and any(Path(args.cache).iterdir()):
+        parser.error(f"--cache {args.cache}: the folder must be empty (a cached kernel prints no ptxas report)")
+    report = check(tuple(args.arch or DEFAULT_ARCHS), device=args.device, jobs=args.jobs, cache=args.cache)
     print(report.markdown())
     print(f"\n{report.launches} distinct launches, {len(report.results)} compilations in "
           f"{time.perf_counter() - started:.0f} s")
