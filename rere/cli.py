@@ -3,6 +3,7 @@
     rere index build [CATALOG] [-o OUT]   build a catalog index (default: a synthetic 1M-item catalog)
     rere index info INDEX                 print what an index holds
     rere prepare SOURCE ... -o DIR        a dataset (ReRe CSV, raw Amazon, Yelp, MovieLens, semantic IDs) -> DIR
+    rere sid build --data DIR -o OUT      the same dataset, items as semantic IDs built from item data (RQ-KMeans)
     rere evaluate --data DIR --model M -o OUT   rank with constrained beam search; HR@K, NDCG@K, ...
     rere baseline popularity|sasrec --data DIR -o OUT   the comparison baselines, same metrics
     rere sft --data DIR --model M -o RUN        supervised fine-tuning (best model in RUN/best)
@@ -15,9 +16,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rere.commands import baseline, demo, evaluate, index, prepare, rporec, sft, train
+from rere.commands import baseline, demo, evaluate, index, prepare, rporec, sft, sid, train
 
-COMMANDS = (index, prepare, evaluate, baseline, sft, train, rporec, demo)  # each registers its subcommand(s)
+COMMANDS = (index, prepare, sid, evaluate, baseline, sft, train, rporec, demo)  # each registers its subcommand(s)
 
 
 def make_parser() -> argparse.ArgumentParser:
