@@ -6,6 +6,7 @@
     rere sid build --data DIR -o OUT      the same dataset, items as semantic IDs built from item data (RQ-KMeans)
     rere evaluate --data DIR --model M -o OUT   rank with constrained beam search; HR@K, NDCG@K, ...
     rere baseline popularity|sasrec --data DIR -o OUT   the comparison baselines, same metrics
+    rere compare RUN_A RUN_B [--data DIR]       B - A on HR@K / NDCG@K with a paired bootstrap 95% interval
     rere sft --data DIR --model M -o RUN        supervised fine-tuning (best model in RUN/best)
     rere train --data DIR --model M -o RUN      ReRe: GRPO with beam-search rollouts and ranking rewards
     rere rporec stage1|stage2 ...               RPORec: reasoning, a RecHead, GRPO on the reasoning
@@ -16,9 +17,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rere.commands import baseline, demo, evaluate, index, prepare, rporec, sft, sid, train
+from rere.commands import baseline, compare, demo, evaluate, index, prepare, rporec, sft, sid, train
 
-COMMANDS = (index, prepare, sid, evaluate, baseline, sft, train, rporec, demo)  # each registers its subcommand(s)
+COMMANDS = (index, prepare, sid, evaluate, baseline, compare, sft, train, rporec, demo)  # each registers its subcommand(s)
 
 
 def make_parser() -> argparse.ArgumentParser:

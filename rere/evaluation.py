@@ -38,15 +38,29 @@ DEFAULT_BEAMS = 50
 CPU_BUDGET_BYTES = 2 << 30  # the CPU has no free-memory query worth trusting: a fixed 2 GiB
 
 
+def sample_examples(examples: list[Example], limit: int | None, seed: int = 0) -> list[Example]:
+    """`limit` examples drawn at random (seeded, without replacement), kept in split order;
+    all of them when `limit` is None or not smaller. The first N rows of a split are one or
+    two users (rows are grouped by user), so a prefix says little about the split."""
+    if limit is None or limit >= len(examples):
+        return list(examples)
+    if limit < 1:
+        raise ValueError(f"limit must be positive, got {limit}")
+    chosen = np.sort(np.random.default_rng(seed).choice(len(examples), size=limit, replace=False))
+    return [examples[i] for i in chosen]
+
+
 def evaluate(model, tokenizer, dataset: Dataset, out_dir: str | os.PathLike, split: str = "test", *,
              num_beams: int = DEFAULT_BEAMS, batch_size: int | None = None, index: CatalogIndex | None = None,
              template: PromptTemplate | None = None, max_prompt_tokens: int | None = None,
-             exclude_history: bool = False, limit: int | None = None, name: str = "model",
+             exclude_history: bool = False, limit: int | None = None, sample_seed: int = 0, name: str = "model",
              progress: bool = True) -> dict:
-    """Rank `num_beams` items for every example of `split` (the first `limit`), write the
-    files above and return the metrics. Resumes from `out_dir/rankings.jsonl` if present."""
-    examples = dataset.split(split)[:limit]
+    """Rank `num_beams` items for every example of `split` (`limit` of them drawn with
+    `sample_seed`, see `sample_examples`), write the files above and return the metrics.
+    Resumes from `out_dir/rankings.jsonl` if present."""
+    examples = sample_examples(dataset.split(split), limit, sample_seed)
     settings = {"name": name, "split": split, "examples": len(examples), "num_beams": num_beams,
+                "limit": limit, "sample_seed": sample_seed if limit is not None else None,
                 "exclude_history": exclude_history, "max_prompt_tokens": max_prompt_tokens,
                 "template": (template or PromptTemplate()).text, "dataset": dataset.source}
     device = next(model.parameters()).device

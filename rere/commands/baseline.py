@@ -50,6 +50,8 @@ def register(commands) -> None:
         parser.add_argument("--split", default="test", help="split to rank and score (default test)")
         parser.add_argument("-o", "--out", required=True, help="output folder")
         parser.add_argument("--k", type=int, default=50, help="items ranked per example (default 50)")
+        parser.add_argument("--limit", type=int, help="rank N examples drawn as `rere evaluate --limit` draws them")
+        parser.add_argument("--sample-seed", type=int, default=0, help="seed of the --limit draw (default 0)")
         parser.add_argument("--exclude-history", action="store_true",
                             help="never recommend an item of the user's history (default: allowed, as for the LLM)")
         parser.add_argument("--name", help="row name in the metrics table")
@@ -63,12 +65,12 @@ def register(commands) -> None:
 def run(args: argparse.Namespace) -> None:
     from rere.baselines import Popularity, training_data
     from rere.data import Dataset
-    from rere.evaluation import ranking_row, split_metrics
+    from rere.evaluation import ranking_row, sample_examples, split_metrics
     from rere.files import write_atomically
     from rere.metrics import KS, metrics_table
 
     dataset = Dataset.load(args.data)
-    examples = dataset.split(args.split)
+    examples = sample_examples(dataset.split(args.split), args.limit, args.sample_seed)
     catalog = dataset.catalog
     if not 1 <= args.k <= len(catalog):
         raise ValueError(f"--k must be in 1..{len(catalog)} (the catalog size), got {args.k}")

@@ -25,7 +25,10 @@ def register(commands) -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--beams", type=int, default=50, help="beam width = items ranked per example (default 50)")
     parser.add_argument("--batch-size", type=int, help="prompts per beam search (default: what fits in memory)")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N examples")
+    parser.add_argument("--limit", type=int,
+                        help="evaluate N examples drawn at random (seeded by --sample-seed), kept in split order")
+    parser.add_argument("--sample-seed", type=int, default=0,
+                        help="seed of the --limit draw (default 0: two runs with the same N rank the same rows)")
     parser.add_argument("--max-prompt-tokens", type=int, help="drop the oldest history items beyond this prompt length")
     parser.add_argument("--exclude-history", action="store_true", help="never recommend an item of the user's history")
     parser.add_argument("--template", help="prompt template file with {category} and {history} slots")
@@ -63,7 +66,8 @@ def run(args: argparse.Namespace) -> None:
         template = PromptTemplate.from_file(args.template) if args.template else None
         metrics = evaluate(model, tokenizer, dataset, args.out, args.split, num_beams=args.beams,
                            batch_size=args.batch_size, template=template, max_prompt_tokens=args.max_prompt_tokens,
-                           exclude_history=args.exclude_history, limit=args.limit, name=name)
+                           exclude_history=args.exclude_history, limit=args.limit,
+                           sample_seed=args.sample_seed, name=name)
     print(metrics_table({name: metrics}, extra=("coverage@10", "invalid_rate")))
     print(f"wrote {args.out}/metrics.json, metrics.md and rankings.jsonl")
 
@@ -87,7 +91,8 @@ def _evaluate_rporec(args, dataset, model, tokenizer, dtype, name: str) -> dict:
     return evaluate_rporec(model, encoder, tokenizer, head, dataset, args.out, args.split, k=args.beams,
                            reasoning=not args.no_reasoning, max_new_tokens=args.max_new_tokens,
                            batch_size=args.batch_size or 16, max_prompt_tokens=args.max_prompt_tokens,
-                           exclude_history=args.exclude_history, limit=args.limit, name=name)
+                           exclude_history=args.exclude_history, limit=args.limit,
+                           sample_seed=args.sample_seed, name=name)
 
 
 def load_model(spec: str, tokenizer_spec: str | None, dtype):

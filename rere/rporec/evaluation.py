@@ -19,7 +19,7 @@ import os
 import torch
 
 from rere.data.dataset import Dataset
-from rere.evaluation import evaluate_rankings
+from rere.evaluation import evaluate_rankings, sample_examples
 from rere.rporec.encoding import catalog_fingerprint, encode_all, model_fingerprint, pad_id
 from rere.rporec.reasoning import ReasoningCache, generate_reasonings, reasoning_prompter, user_sequence
 from rere.rporec.rec_head import RecHead
@@ -61,20 +61,23 @@ def recommend(generator, encoder, tokenizer, head: RecHead, prompts: list[list[i
 def evaluate_rporec(generator, encoder, tokenizer, head: RecHead, dataset: Dataset, out_dir: str | os.PathLike,
                     split: str = "test", *, k: int = 50, reasoning: bool = True, max_new_tokens: int = 128,
                     batch_size: int = 16, max_prompt_tokens: int | None = None, exclude_history: bool = False,
-                    limit: int | None = None, name: str = "RPORec", progress: bool = True) -> dict:
-    """Rank `k` items for every example of `split` (the first `limit`) and score them; the
-    files and metrics of `rere.evaluation.evaluate`."""
+                    limit: int | None = None, sample_seed: int = 0, name: str = "RPORec",
+                    progress: bool = True) -> dict:
+    """Rank `k` items for every example of `split` (`limit` of them, drawn as
+    `rere.evaluation.sample_examples` draws) and score them; the files and metrics of
+    `rere.evaluation.evaluate`."""
     check_encoder(head, encoder)
     catalog = dataset.catalog
     if head.config.num_items != len(catalog) or head.provenance.get("catalog") not in (None, catalog_fingerprint(catalog)):
         raise ValueError(f"the RecHead was trained on another catalog ({head.config.num_items} items) than "
                          f"{dataset.source}'s ({len(catalog)} items)")
-    examples = dataset.split(split)[:limit]
+    examples = sample_examples(dataset.split(split), limit, sample_seed)
     prompter = reasoning_prompter(dataset, tokenizer, max_prompt_tokens)
     settings = {"name": name, "method": "rporec", "split": split, "examples": len(examples), "k": k,
                 "reasoning": reasoning, "max_new_tokens": max_new_tokens, "exclude_history": exclude_history,
                 "max_prompt_tokens": max_prompt_tokens, "generator": model_fingerprint(generator),
-                "head": head.provenance, "dataset": dataset.source}
+                "head": head.provenance, "dataset": dataset.source, "limit": limit,
+                "sample_seed": sample_seed if limit is not None else None}
     cache = ReasoningCache(os.path.join(out_dir, "reasonings"), settings) if reasoning else None
     device = head.item_encodings.device
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
