@@ -4,6 +4,7 @@
     rere index info INDEX                 print what an index holds
     rere prepare SOURCE ... -o DIR        a dataset (ReRe CSV, raw Amazon, Yelp, MovieLens, semantic IDs) -> DIR
     rere sid build --data DIR -o OUT      the same dataset, items as semantic IDs built from item data (RQ-KMeans)
+    rere model init --data DIR -o MODEL   a compact Llama from scratch over a SID dataset's tokens
     rere evaluate --data DIR --model M -o OUT   rank with constrained beam search; HR@K, NDCG@K, ...
     rere baseline popularity|sasrec --data DIR -o OUT   the comparison baselines, same metrics
     rere compare RUN_A RUN_B [--data DIR]       B - A on HR@K / NDCG@K with a paired bootstrap 95% interval
@@ -17,9 +18,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rere.commands import baseline, compare, demo, evaluate, index, prepare, rporec, sft, sid, train
+from rere.commands import baseline, compare, demo, evaluate, index, model, prepare, rporec, sft, sid, train
 
-COMMANDS = (index, prepare, sid, evaluate, baseline, compare, sft, train, rporec, demo)  # each registers its subcommand(s)
+COMMANDS = (index, prepare, sid, model, evaluate, baseline, compare, sft, train, rporec, demo)  # each registers its subcommand(s)
 
 
 def make_parser() -> argparse.ArgumentParser:
