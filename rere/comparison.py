@@ -2,7 +2,7 @@
 a paired bootstrap 95% interval.
 
 Paired: both runs ranked the same examples (the same split, and with `--limit` the same
-draw; see `rere.evaluation.sample_examples`), so the interval comes from resampling
+draw; see `rere.data.dataset.sample_examples`), so the interval comes from resampling
 examples, each carrying both runs' scores: the per-example noise that the two share
 cancels. A difference whose interval excludes 0 is one the sample supports.
 """

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from rere.baselines.training_sequences import item_counts, training_data
 from rere.catalog import Catalog
 from rere.data import Dataset, Example
+from rere.data.dataset import sample_examples
 from rere.files import check_settings, complete_jsonl_lines, write_atomically
 from rere.index import CatalogIndex
 from rere.metrics import KS, metrics_table, ranking_metrics
@@ -37,17 +38,6 @@ from rere.sampler import beam_search, left_pad
 DEFAULT_BEAMS = 50
 CPU_BUDGET_BYTES = 2 << 30  # the CPU has no free-memory query worth trusting: a fixed 2 GiB
 
-
-def sample_examples(examples: list[Example], limit: int | None, seed: int = 0) -> list[Example]:
-    """`limit` examples drawn at random (seeded, without replacement), kept in split order;
-    all of them when `limit` is None or not smaller. The first N rows of a split are one or
-    two users (rows are grouped by user), so a prefix says little about the split."""
-    if limit is None or limit >= len(examples):
-        return list(examples)
-    if limit < 1:
-        raise ValueError(f"limit must be positive, got {limit}")
-    chosen = np.sort(np.random.default_rng(seed).choice(len(examples), size=limit, replace=False))
-    return [examples[i] for i in chosen]
 
 
 def evaluate(model, tokenizer, dataset: Dataset, out_dir: str | os.PathLike, split: str = "test", *,

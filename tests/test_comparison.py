@@ -11,7 +11,7 @@ from rere.catalog import Catalog
 from rere.cli import main
 from rere.comparison import compare_rankings, paired_bootstrap
 from rere.data.dataset import Example
-from rere.evaluation import sample_examples
+from rere.data.dataset import sample_examples
 
 
 def test_limit_draws_a_seeded_sample_in_split_order():
@@ -22,8 +22,9 @@ def test_limit_draws_a_seeded_sample_in_split_order():
     assert positions == sorted(positions) and len(set(positions)) == 10
     assert len({e.user for e in drawn}) > 5  # not the first two users, as a prefix would be
     assert sample_examples(examples, None) == examples == sample_examples(examples, 500)
-    with pytest.raises(ValueError, match="limit must be positive"):
-        sample_examples(examples, 0)
+    assert sample_examples(examples, 0) == []  # a trainer's "no validation"
+    with pytest.raises(ValueError, match="limit must be 0 or more"):
+        sample_examples(examples, -1)
 
 
 def test_the_interval_covers_the_truth_and_excludes_zero_only_for_a_real_difference():

@@ -65,7 +65,8 @@ def register(commands) -> None:
 def run(args: argparse.Namespace) -> None:
     from rere.baselines import Popularity, training_data
     from rere.data import Dataset
-    from rere.evaluation import ranking_row, sample_examples, split_metrics
+    from rere.data.dataset import sample_examples
+    from rere.evaluation import ranking_row, split_metrics
     from rere.files import write_atomically
     from rere.metrics import KS, metrics_table
 

@@ -23,6 +23,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from rere.catalog import Catalog
 from rere.files import check_format, write_folder_atomically
 
@@ -50,6 +52,19 @@ class Example:
         return cls(str(row["user"]), tuple(map(str, row["history"])), str(row["target"]),
                    tuple(int(t) for t in row.get("history_timestamps") or ()), row.get("timestamp"))
 
+
+def sample_examples(examples: list[Example], limit: int | None, seed: int = 0) -> list[Example]:
+    """`limit` examples drawn at random (seeded, without replacement), kept in split order;
+    all of them when `limit` is None or not smaller. The first N rows of a split are one or
+    two users (rows are grouped by user), so a prefix says little about the split. The
+    one way rows are drawn: `rere evaluate --limit`, `rere baseline --limit` and the
+    trainers' validation subsets."""
+    if limit is None or limit >= len(examples):
+        return list(examples)
+    if limit < 0:
+        raise ValueError(f"limit must be 0 or more, got {limit}")
+    chosen = np.sort(np.random.default_rng(seed).choice(len(examples), size=limit, replace=False))
+    return [examples[i] for i in chosen]
 
 @dataclass
 class Dataset:

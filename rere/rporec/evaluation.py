@@ -19,7 +19,8 @@ import os
 import torch
 
 from rere.data.dataset import Dataset
-from rere.evaluation import evaluate_rankings, sample_examples
+from rere.data.dataset import sample_examples
+from rere.evaluation import evaluate_rankings
 from rere.rporec.encoding import catalog_fingerprint, encode_all, model_fingerprint, pad_id
 from rere.rporec.reasoning import ReasoningCache, generate_reasonings, reasoning_prompter, user_sequence
 from rere.rporec.rec_head import RecHead
@@ -64,7 +65,7 @@ def evaluate_rporec(generator, encoder, tokenizer, head: RecHead, dataset: Datas
                     limit: int | None = None, sample_seed: int = 0, name: str = "RPORec",
                     progress: bool = True) -> dict:
     """Rank `k` items for every example of `split` (`limit` of them, drawn as
-    `rere.evaluation.sample_examples` draws) and score them; the files and metrics of
+    `rere.data.dataset.sample_examples` draws) and score them; the files and metrics of
     `rere.evaluation.evaluate`."""
     check_encoder(head, encoder)
     catalog = dataset.catalog

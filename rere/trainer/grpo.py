@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from rere.data.dataset import Dataset
+from rere.data.dataset import Dataset, sample_examples
 from rere.index import CatalogIndex
 from rere.prompts import Prompter, PromptTemplate
 from rere.sampler import beam_search, left_pad, sample
@@ -41,7 +41,7 @@ class GRPOTrainer(GRPOLoop):
             raise ValueError(f"unknown reward(s) {unknown}: choose from {sorted(REWARDS)} or pass callables")
         self.rewards = rewards if rewards is not None else [REWARDS[r] for r in config.rewards]
         data = training_examples(dataset, config.evaluated_split, config.max_history)
-        super().__init__(model, tokenizer, data.train, data.valid[: config.eval_examples], config, run_dir,
+        super().__init__(model, tokenizer, data.train, sample_examples(data.valid, config.eval_examples, config.seed), config, run_dir,
                          dist=dist, progress=progress,
                          temperature=config.temperature if config.rollout == "sample" else 1.0)
         self.dataset = dataset

@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import random
 import time
 from pathlib import Path
 
@@ -47,7 +46,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from rere.data.dataset import Dataset
+from rere.data.dataset import Dataset, sample_examples
 from rere.index import CatalogIndex
 from rere.prompts import Prompter, PromptTemplate
 from rere.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_pretrained
@@ -228,8 +227,7 @@ def _data(dataset: Dataset, tokenizer, cfg: SFTConfig, template, vocab_size: int
     index = CatalogIndex.from_flat(completions.tokens, completions.offsets, vocab_size=vocab_size,
                                    metadata={"eos_token_id": completions.eos_token_id})
     train = tokenize_examples(data.train, prompter, tokenizer, completions)
-    chosen = random.Random(cfg.seed).sample(range(len(data.valid)), min(cfg.eval_examples, len(data.valid)))
-    return prompter, index, train, [data.valid[i] for i in sorted(chosen)]
+    return prompter, index, train, sample_examples(data.valid, cfg.eval_examples, cfg.seed)
 
 
 def _accumulate_gradients(loss_fn, train, micro_steps, completion_lengths, dist, pad, use_bf16) -> float:
