@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import argparse
 
+from rere.commands import verb_parser
+
 
 def register(commands) -> None:
-    model = commands.add_parser("model", help="a compact recommender model over semantic IDs", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    verbs = model.add_subparsers(dest="model_command", required=True)
-    init = verbs.add_parser("init", help="initialise a compact Llama over a SID dataset's tokens",
-                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    init = verb_parser(commands, "model", "init", "a compact Llama from scratch over a SID dataset's tokens", __doc__)
     init.add_argument("--data", required=True, help="prepared dataset folder whose items are semantic IDs")
     init.add_argument("-o", "--out", required=True, help="model folder to write (must not exist)")
     init.add_argument("--hidden", type=int, default=128, help="hidden size (default 128)")

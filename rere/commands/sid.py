@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from rere.commands import verb_parser
+
 
 def register(commands) -> None:
-    sid = commands.add_parser("sid", help="semantic IDs built from item data (RQ-KMeans)", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    verbs = sid.add_subparsers(dest="sid_command", required=True)
-    build = verbs.add_parser("build", help="a copy of a prepared dataset whose items are semantic IDs",
-                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    build = verb_parser(commands, "sid", "build", "a copy of a prepared dataset whose items are semantic IDs built "
+                        "from item data (RQ-KMeans)", __doc__)
     build.add_argument("--data", required=True, help="prepared dataset folder (`rere prepare`)")
     build.add_argument("-o", "--out", required=True, help="output dataset folder (must not exist)")
     build.add_argument("--embeddings", default="collaborative",
