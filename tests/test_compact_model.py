@@ -68,6 +68,14 @@ def test_init_then_sampler_sft_and_evaluate_run_on_it(tmp_path, capsys):
     assert main(["sft", "--data", str(tmp_path / "data"), "--model", str(tmp_path / "model"), "--template",
                  template_file, "-o", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "16",
                  "--lr", "1e-3", "--eval-examples", "20", "--eval-beams", "5"]) == 0
+    # ReRe without validation examples: best/ is still the final model, a plain HF folder.
+    assert main(["train", "--data", str(tmp_path / "data"), "--model", str(tmp_path / "run" / "best"), "--template",
+                 template_file, "-o", str(tmp_path / "rere"), "--max-steps", "2", "--prompts-per-step", "4",
+                 "--num-generations", "4", "--eval-examples", "0"]) == 0
+    assert "no validation examples: best/ is the final model" in capsys.readouterr().out
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "rere" / "best", local_files_only=True)
+    assert AutoTokenizer.from_pretrained(tmp_path / "rere" / "best", local_files_only=True).vocab == tokenizer.vocab
+    assert not torch.equal(reloaded.model.embed_tokens.weight, model.model.embed_tokens.weight)  # it trained
     assert main(["evaluate", "--data", str(tmp_path / "data"), "--model", str(tmp_path / "run" / "best"),
                  "--template", template_file, "-o", str(tmp_path / "eval"), "--beams", "10", "--limit", "20"]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())

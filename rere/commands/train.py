@@ -45,8 +45,9 @@ def run(args: argparse.Namespace) -> None:
         resume=args.resume)
     if dist.is_main:
         best = result["best"]
-        print(f"trained {result['steps']} steps (best validation ndcg@10 {best['ndcg@10']:.4f} at step "
-              f"{best['step']}); wrote {args.out}/best, metrics.jsonl and metrics.png")
+        found = (f"best validation ndcg@10 {best['ndcg@10']:.4f} at step {best['step']}" if best["ndcg@10"] >= 0
+                 else "no validation examples: best/ is the final model")
+        print(f"trained {result['steps']} steps ({found}); wrote {args.out}/best, metrics.jsonl and metrics.png")
 
 
 def load_run_inputs(args: argparse.Namespace, config_class):

@@ -269,6 +269,8 @@ class GRPOLoop:
             if self.step_index % cfg.save_every == 0 or last:
                 self._save()
         bar.close()
+        if self.best["ndcg@10"] < 0:  # never validated (no validation examples): best/ is the final model
+            save_pretrained(unwrap(self.model), self.tokenizer, self.run_dir / "best")
         self.log.close()
         if self.dist.is_main:
             plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "metrics.png", self.panels)
