@@ -39,7 +39,6 @@ DEFAULT_BEAMS = 50
 CPU_BUDGET_BYTES = 2 << 30  # the CPU has no free-memory query worth trusting: a fixed 2 GiB
 
 
-
 def evaluate(model, tokenizer, dataset: Dataset, out_dir: str | os.PathLike, split: str = "test", *,
              num_beams: int = DEFAULT_BEAMS, batch_size: int | None = None, index: CatalogIndex | None = None,
              template: PromptTemplate | None = None, max_prompt_tokens: int | None = None,

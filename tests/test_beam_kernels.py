@@ -238,7 +238,7 @@ def test_the_gpu_guarantee_allows_near_ties_to_swap_and_nothing_else():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("beams", [16, 50])  # training's G, and evaluation's 50 (K_PAD = 128)
-def test_fused_step_on_gpu_is_sync_free_and_matches_torch_at_full_size(beams):
+def test_triton_step_on_gpu_is_sync_free_and_matches_torch_at_full_size(beams):
     """V = 151,936 over a 100k-item catalog, 16 prompts: the two-launch Triton step matches
     the torch twin as rere.kernels.numerics guarantees, without a host synchronisation."""
     tokens, offsets = title_like_catalog(100_000)

@@ -9,7 +9,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import shared_path
 from rere.catalog import Catalog

@@ -66,6 +66,7 @@ def sample_examples(examples: list[Example], limit: int | None, seed: int = 0) -
     chosen = np.sort(np.random.default_rng(seed).choice(len(examples), size=limit, replace=False))
     return [examples[i] for i in chosen]
 
+
 @dataclass
 class Dataset:
     """A catalog and its splits. `category` names the items in prompts ("industrial and

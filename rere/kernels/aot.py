@@ -208,11 +208,8 @@ def uncovered_kernels(launches: list[dict]) -> list[str]:
     a function one of them calls."""
     from triton.runtime.jit import JITFunction
 
-    defined = {}
-    for module in _kernel_modules():
-        for name, obj in vars(module).items():
-            if isinstance(obj, JITFunction) and obj.fn.__module__ == module.__name__:
-                defined[f"{module.__name__}:{name}"] = obj
+    defined = {f"{module.__name__}:{name}" for module in _kernel_modules() for name, obj in vars(module).items()
+               if isinstance(obj, JITFunction) and obj.fn.__module__ == module.__name__}
     reached: set[str] = set()
     todo = [getattr(importlib.import_module(l["module"]), l["name"]) for l in launches]
     while todo:
@@ -223,7 +220,7 @@ def uncovered_kernels(launches: list[dict]) -> list[str]:
         reached.add(key)
         todo += [fn.fn.__globals__[n] for n in fn.fn.__code__.co_names
                  if isinstance(fn.fn.__globals__.get(n), JITFunction)]
-    return sorted(set(defined) - reached)
+    return sorted(defined - reached)
 
 
 def _require_report_hooks() -> None:
@@ -271,8 +268,8 @@ def check(archs: tuple[int, ...] = DEFAULT_ARCHS, *, device: bool = False, launc
           jobs: int | None = None, cache: str | None = None, extra_path: str | None = None) -> Report:
     """Record (unless `launches` is given) and compile for every arch, or for this machine's
     GPU with `device=True`, in `jobs` parallel processes (default: one a CPU core, at least
-    one a target), into `cache` if given (see `compile_all`). `extra_path` is prepended to the child processes' PYTHONPATH (launches of
-    kernels outside the package, in tests)."""
+    one a target), into `cache` if given (see `compile_all`). `extra_path` is prepended to the
+    child processes' PYTHONPATH (launches of kernels outside the package, in tests)."""
     with tempfile.TemporaryDirectory(prefix="rere-aot-") as work:
         work = Path(work)
         records = work / "launches.json"
@@ -289,6 +286,8 @@ def check(archs: tuple[int, ...] = DEFAULT_ARCHS, *, device: bool = False, launc
                 out = work / f"{t}-{shard}.json"
                 stage = ["compile", "--launches", str(records), "--target", t, "--out", str(out),
                          "--shard", f"{shard}/{shards}"] + (["--cache", cache] if cache else [])
+                if not processes:
+                    stage.append("--find-uncovered")
                 processes[out] = _run_stage(stage, interpret=False, extra_path=extra_path)
         for out, process in processes.items():
             _finish(process, f"compile ({out.stem})")
@@ -296,7 +295,7 @@ def check(archs: tuple[int, ...] = DEFAULT_ARCHS, *, device: bool = False, launc
         for out in processes:
             part = json.loads(out.read_text())
             report.results += [CompileResult(**r) for r in part["results"]]
-            report.uncovered = part["uncovered"]
+            report.uncovered += part["uncovered"]  # one process looks (--find-uncovered); the others say []
     return report
 
 
@@ -321,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     comp.add_argument("--out", required=True)
     comp.add_argument("--shard", default="0/1", help="I/N: compile every N-th launch from the I-th")
     comp.add_argument("--cache")
+    comp.add_argument("--find-uncovered", action="store_true", help="also list the kernels no launch reaches")
     parser.add_argument("--arch", type=int, action="append", help="sm number; repeat (default: 80 and 90)")
     parser.add_argument("--device", action="store_true", help="compile for this machine's GPU instead")
     parser.add_argument("--jobs", type=int, help="compile processes (default: one a CPU core)")
@@ -338,8 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         launches = json.loads(Path(args.launches).read_text())
         shard, shards = (int(n) for n in args.shard.split("/"))
         results = compile_all(launches[shard::shards], _target(args.target), args.cache)
-        Path(args.out).write_text(json.dumps({"results": [asdict(r) for r in results],
-                                              "uncovered": uncovered_kernels(launches)}))
+        uncovered = uncovered_kernels(launches) if args.find_uncovered else []
+        Path(args.out).write_text(json.dumps({"results": [asdict(r) for r in results], "uncovered": uncovered}))
         return 0
 
     started = time.perf_counter()

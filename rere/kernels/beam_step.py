@@ -53,7 +53,7 @@ def beam_step(
     key_stride = max(trie.max_children, 1)
     fits = k <= K_PADS[-1] and beams * key_stride < KEY_LIMIT
     if _backend.resolve(backend, logits) == "triton" and fits:
-        return _fused(logits, states, beam_scores, trie, k, key_stride)
+        return _triton_beam_step(logits, states, beam_scores, trie, k, key_stride)
     children = trie_masked_log_softmax(logits, states, trie, backend=backend)
     return beam_topk(beam_scores, children, k, backend=backend)
 
@@ -147,7 +147,7 @@ def _beam_merge_kernel(
     tl.store(token_scores_ptr + out, tl.where(ok, token_score, float("-inf")), mask=keep)
 
 
-def _fused(logits, states, beam_scores, trie, k, key_stride) -> BeamCandidates:
+def _triton_beam_step(logits, states, beam_scores, trie, k, key_stride) -> BeamCandidates:
     n_prompts, beams = beam_scores.shape
     device = logits.device
     if logits.stride(-1) != 1:

@@ -16,8 +16,9 @@ from rere.kernels.triton_compat import triton
 # memory: their arithmetic is not what bounds them. The README's "GPU numerics" says what
 # this guarantees.
 # maxnreg: an explicit budget of 128 registers a thread. Left to its own heuristic, ptxas
-# spilled 8-16 bytes in four top-k configurations (beam_topk and the beam-step merge at
-# K_PAD 64 / 128, sm_80 or sm_90) while using only 64-107 registers; with the budget none
+# spilled in three top-k configurations while using only 64-96 registers (beam_topk at
+# K_PAD 128 on sm_90, 4 warps; the merge at K_PAD 64 on sm_90, 4 warps; the merge at
+# K_PAD 128 on sm_80, 8 warps: 8 bytes of spill stores each); with the budget none
 # of the 196 compilations spills (`python -m rere.kernels.aot`).
 COMPILE_OPTIONS = {"enable_fp_fusion": False, "maxnreg": 128}
 

@@ -43,7 +43,7 @@ def _beam_inputs(index: CatalogIndex, beams: int, dtype: torch.dtype, seed: int)
     return logits, states, beam_scores
 
 
-def _logprob_call(op: Callable, dtype: torch.dtype, vocab: int, **kwargs) -> Callable[[], None]:
+def _logprob_call(op: Callable, dtype: torch.dtype, vocab: int) -> Callable[[], None]:
     """Forward and backward of a selective log-softmax op over `vocab` columns."""
     def call():
         gen = torch.Generator().manual_seed(vocab)
@@ -54,7 +54,7 @@ def _logprob_call(op: Callable, dtype: torch.dtype, vocab: int, **kwargs) -> Cal
         else:
             hidden = torch.randn(2, 8, generator=gen).to(dtype).requires_grad_()
             weight = torch.randn(vocab, 8, generator=gen).to(dtype).requires_grad_()
-            out = op(hidden, weight, ids, backend="triton", chunk_size=vocab, **kwargs)
+            out = op(hidden, weight, ids, backend="triton", chunk_size=vocab)
         out.sum().backward()
     return call
 

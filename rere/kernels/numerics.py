@@ -52,12 +52,10 @@ def candidate_differences(got: BeamCandidates, want: BeamCandidates) -> list[str
             if end < k and sorted(keys[0]) != sorted(keys[1]):
                 problems.append(f"prompt {p} slots {start}-{end - 1}: (parent, token, next state) "
                                 f"{keys[0]} vs {keys[1]}")
-            for j in range(start, end):  # the same candidate scores the same on its own
-                for i in range(start, end):
-                    same = keys[0][j - start] == keys[1][i - start]
-                    if same and not _close(got_["token_scores"][p][j], want_["token_scores"][p][i]):
-                        problems.append(f"prompt {p} slot {j}: token score {got_['token_scores'][p][j]} vs "
-                                        f"{want_['token_scores'][p][i]}")
+            wanted = {key: want_["token_scores"][p][start + i] for i, key in enumerate(keys[1])}
+            for j, key in enumerate(keys[0], start=start):  # the same candidate scores the same on its own
+                if key in wanted and not _close(got_["token_scores"][p][j], wanted[key]):
+                    problems.append(f"prompt {p} slot {j}: token score {got_['token_scores'][p][j]} vs {wanted[key]}")
             start = end
     return problems
 

@@ -16,9 +16,6 @@ from rere.data.dataset import Dataset
 from rere.semantic_ids.item_embeddings import collaborative_embeddings, load_embeddings, text_embeddings
 from rere.semantic_ids.rq_kmeans import rq_kmeans
 
-KINDS = ("collaborative", "text")
-
-
 def build_semantic_ids(dataset: Dataset, *, embeddings: str = "collaborative", levels: int = 3,
                        codebook_size: int = 256, balance: float = 1.0, dim: int = 64, window: int = 5,
                        evaluated: str = "test", text_model=None, seed: int = 0) -> Dataset:
