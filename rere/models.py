@@ -65,3 +65,22 @@ def _convert_smollm2(target: Path) -> None:
         staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_model(spec: str, tokenizer_spec: str | None, dtype):
+    """(model, tokenizer) from "smollm2" or a local folder; never from a model hub."""
+    from rere.tokenizers import load_tokenizer
+
+    if spec == "smollm2":
+        model, tokenizer = load_smollm2(dtype=dtype)
+    else:
+        if not Path(spec).is_dir():
+            raise FileNotFoundError(f"--model {spec!r}: not a local model folder (rere never downloads from a hub), "
+                                    'and not "smollm2"')
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, local_files_only=True)
+        tokenizer = None
+    if tokenizer_spec is not None or tokenizer is None:
+        tokenizer = load_tokenizer(tokenizer_spec or spec)
+    return model.eval(), tokenizer

@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from rere.commands.evaluate import load_model
+from rere.models import load_model
 from rere.data import Dataset
 from rere.trainer.distributed import init_distributed, unwrap
 from rere.trainer.grpo import GRPOConfig, GRPOTrainer

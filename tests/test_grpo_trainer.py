@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from rere.cli import main
+from rere.trainer.examples import train_sample, training_examples
 from rere.trainer.grpo import GRPOConfig, GRPOTrainer
 from rere.trainer.metrics_log import read_metrics
 from rere.trainer.packed_logprobs import CompletionScorer, pack_groups
@@ -118,6 +119,24 @@ def test_bad_settings_are_named(tmp_path, qwen2):
         trainer(tmp_path, qwen2, loss_type="ppo")
     with pytest.raises(ValueError, match="unknown reward"):
         trainer(tmp_path, qwen2, rewards=("rule", "clicks"))
+
+
+def test_train_examples_trains_on_a_seeded_sample_of_the_training_rows(tmp_path, qwen2):
+    rows = training_examples(office_dataset(24, 40)).train  # 30 sliding windows
+    model = tiny_model("llama", VOCAB, seed=3)  # only built here, never trained: one model serves all
+
+    def examples(**overrides) -> list:
+        return trainer(tmp_path, qwen2, model=model, **overrides).examples
+
+    t = trainer(tmp_path, qwen2, model=model, train_examples=12)
+    assert len(t.examples) == 12 and t.examples == train_sample(rows, 12, seed=0) and set(t.examples) <= set(rows)
+    assert examples(train_examples=12) == t.examples and examples(train_examples=12, seed=1) != t.examples
+    # An epoch is the sample's: 12 prompts / 4 per step, where all 30 make 7 steps.
+    drawn = [e for step in range(3) for e in t.step_examples(step)]
+    assert t.steps_per_epoch == 3 and len(drawn) == 12 and set(drawn) == set(t.examples)
+    assert examples(train_examples=100) == rows == examples()
+    with pytest.raises(ValueError, match="train_examples must be >= 1"):
+        trainer(tmp_path, qwen2, model=model, train_examples=0)
 
 
 def save_tiny_run_inputs(tmp_path, qwen2) -> tuple[Path, Path]:

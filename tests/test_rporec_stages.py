@@ -116,6 +116,7 @@ def test_stage2_rolls_out_rewards_learns_and_resumes(world, stage1_run, tmp_path
         return Stage2Trainer(copy.deepcopy(model), tokenizer, dataset, RecHead.load(run / "head"),
                              Stage2Config(**{**STAGE2, **overrides}), tmp_path / name, progress=False)
 
+    assert len(trainer("sample", train_examples=5).examples) == 5  # a seeded sample of the training rows
     t = trainer("probe", beta=0.0, lr=1e-2, warmup_ratio=0.0)
     torch.manual_seed(0)
     rollout = t.rollout(t.step_examples(0))

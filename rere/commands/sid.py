@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> None:
     if args.embeddings == "text":
         import torch
 
-        from rere.commands.evaluate import load_model
+        from rere.models import load_model
 
         text_model = load_model(args.model, None, torch.float32)
     built = build_semantic_ids(dataset, embeddings=args.embeddings, levels=args.levels,

@@ -57,7 +57,7 @@ def load_run_inputs(args: argparse.Namespace, config_class):
     folder's saved config.yaml), then the flags."""
     import torch
 
-    from rere.commands.evaluate import load_model
+    from rere.models import load_model
     from rere.data import Dataset
     from rere.prompts import PromptTemplate
     from rere.trainer.config import load_config, overrides_from_args

@@ -57,8 +57,8 @@ def sample_examples(examples: list[Example], limit: int | None, seed: int = 0) -
     """`limit` examples drawn at random (seeded, without replacement), kept in split order;
     all of them when `limit` is None or not smaller. The first N rows of a split are one or
     two users (rows are grouped by user), so a prefix says little about the split. The
-    one way rows are drawn: `rere evaluate --limit`, `rere baseline --limit` and the
-    trainers' validation subsets."""
+    one way rows are drawn: `rere evaluate --limit`, `rere baseline --limit`, the
+    trainers' validation subsets and their `train_examples`."""
     if limit is None or limit >= len(examples):
         return list(examples)
     if limit < 0:

@@ -32,7 +32,7 @@ from rere.rporec.reasoning import generate_reasonings, reasoning_prompter, user_
 from rere.rporec.rec_head import RecHead
 from rere.rporec.rewards import ReasoningGroups, RewardFn, ndcg_of_ranks, rechead_reward
 from rere.trainer.distributed import Distributed, unwrap
-from rere.trainer.examples import training_examples
+from rere.trainer.examples import train_sample, training_examples
 from rere.trainer.grpo_loop import GRPOLoop, Rollout
 from rere.trainer.rewards import total_reward
 
@@ -50,7 +50,8 @@ class Stage2Trainer(GRPOLoop):
                              "on every rank; use DDP")
         check_encoder(head, model)  # the policy starts as the encoder: the stage-1 LLM
         data = training_examples(dataset, config.evaluated_split, config.max_history)
-        super().__init__(model, tokenizer, data.train, data.valid[: config.eval_examples], config, run_dir,
+        train = train_sample(data.train, config.train_examples, config.seed)
+        super().__init__(model, tokenizer, train, data.valid[: config.eval_examples], config, run_dir,
                          dist=dist, progress=progress, temperature=config.temperature)
         self.dataset = dataset
         self.prompter = reasoning_prompter(dataset, tokenizer, config.max_prompt_tokens)

@@ -5,14 +5,14 @@ Without one (the ReRe authors published only valid and test), the leak-free trai
 sequences of `rere.baselines.training_data` (histories only, cut after each user's first
 evaluated row) are cut into sliding windows, and each sequence's last item is held out for
 early stopping (`holdout_last`), exactly as the baselines do, so the table compares like
-with like.
+with like. The trainers' `train_examples` setting keeps a seeded sample of them (`train_sample`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from rere.baselines.training_sequences import holdout_last, training_data
-from rere.data.dataset import Dataset, Example
+from rere.data.dataset import Dataset, Example, sample_examples
 
 
 @dataclass(frozen=True)
@@ -38,3 +38,12 @@ def training_examples(dataset: Dataset, evaluated: str = "test", max_history: in
         raise ValueError(f"no training examples: the sequences of {data.source} are all single items")
     return TrainingExamples(train, [Example(e.user, e.history[-max_history:], e.target) for e in valid],
                             f"sliding windows over {data.source}", data.warning)
+
+
+def train_sample(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
+    """The trainers' `train_examples` setting: a seeded random sample of `limit` training
+    examples, drawn as every sample of rows is (`sample_examples`: kept in order; all of them
+    when `limit` is None or not smaller): the rows themselves, no copy of the dataset."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"train_examples must be >= 1 or None (all of them), got {limit}")
+    return sample_examples(examples, limit, seed)

@@ -19,7 +19,7 @@ from rere.index import CatalogIndex
 from rere.prompts import Prompter, PromptTemplate
 from rere.sampler import beam_search, left_pad, sample
 from rere.trainer.distributed import Distributed, unwrap
-from rere.trainer.examples import training_examples
+from rere.trainer.examples import train_sample, training_examples
 from rere.trainer.grpo_config import GRPOConfig
 from rere.trainer.grpo_loop import GRPOLoop, Rollout, concat_padded
 from rere.trainer.rewards import REWARDS, Groups, RewardFn, total_reward
@@ -41,8 +41,9 @@ class GRPOTrainer(GRPOLoop):
             raise ValueError(f"unknown reward(s) {unknown}: choose from {sorted(REWARDS)} or pass callables")
         self.rewards = rewards if rewards is not None else [REWARDS[r] for r in config.rewards]
         data = training_examples(dataset, config.evaluated_split, config.max_history)
-        super().__init__(model, tokenizer, data.train, sample_examples(data.valid, config.eval_examples, config.seed), config, run_dir,
-                         dist=dist, progress=progress,
+        train = train_sample(data.train, config.train_examples, config.seed)
+        valid = sample_examples(data.valid, config.eval_examples, config.seed)
+        super().__init__(model, tokenizer, train, valid, config, run_dir, dist=dist, progress=progress,
                          temperature=config.temperature if config.rollout == "sample" else 1.0)
         self.dataset = dataset
         self.prompter = Prompter(dataset.catalog, dataset.category, template, tokenizer, config.max_prompt_tokens)

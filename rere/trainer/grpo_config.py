@@ -49,6 +49,8 @@ class GRPOSettings:
     max_history: int = setting("history items per prompt", default=10)
     max_prompt_tokens: int | None = setting("drop the oldest history items beyond this prompt length", default=None)
     evaluated_split: str = setting("the split the model will be tested on (never trained on)", default="test")
+    train_examples: int | None = setting("train on a seeded random sample of this many training examples "
+                                       "(None: all of them)", default=None)
     # running
     eval_every: int = setting("validate every N steps (0 = only at the end)", default=50)
     eval_examples: int = setting("validation examples per evaluation", default=200)

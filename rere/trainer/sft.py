@@ -1,8 +1,9 @@
 """Supervised fine-tuning: teach the model to write the next item's completion after the prompt.
 
 The examples come from `rere.trainer.examples.training_examples` (never a target of the
-evaluated split); `sft_data.py` tokenises them, each completion exactly as the catalog index
-holds it, and orders them in length-bucketed batches fixed by (seed, epoch).
+evaluated split; a seeded sample of `train_examples` of them when set); `sft_data.py`
+tokenises them, each completion exactly as the catalog index holds it, and orders them in
+length-bucketed batches fixed by (seed, epoch).
 
 Loss: the mean negative log-likelihood over the completion tokens (EOS included) of all the
 sequences of an optimizer step, on every rank and in every accumulated micro-batch: each
@@ -11,11 +12,11 @@ with Hugging Face's `labels` loss on one big batch. Only the hidden states that 
 completion token go through the LM head (`rere.kernels.fused_linear_selective_log_softmax`),
 so no `[tokens, vocabulary]` logits exist.
 
-Learning rate: AdamW with linear warmup and cosine decay over `epochs`. The default 1e-4
-is for full fine-tuning of a ~135M model at batch 8 (1e-4..3e-4 is the usual range; the
-ReRe reference recipe uses 3e-4 at batch 128, with its larger batch); LoRA wants more
-(3e-4..1e-3). `max_steps` stops early without reshaping the schedule, so a capped run is
-exactly the start of the full one and `resume` can continue it.
+Learning rate: AdamW with linear warmup and cosine decay over the run: `epochs`, or
+`max_steps` when fewer (the run's length, as in GRPO), so that a capped run still decays
+to 0. The default 1e-4 is for full fine-tuning of a ~135M model at batch 8 (1e-4..3e-4 is
+the usual range; the ReRe reference recipe uses 3e-4 at batch 128, with its larger batch);
+LoRA wants more (3e-4..1e-3).
 
 The run folder:
 
@@ -30,9 +31,11 @@ The run folder:
 
 `resume=True` continues from the latest checkpoint: weights, optimizer, schedule, random
 generators, and the data position {"epoch", "batch"}, so that an interrupted run ends with
-the weights of an uninterrupted one (a folder without a checkpoint starts over). Under
-torchrun each rank takes its own batches (`sft_data.optimizer_steps`) and DDP averages the
-gradients. Weights stay float32; `bf16` autocasts the decoder (the default on CUDA).
+the weights of an uninterrupted one (a folder without a checkpoint starts over). It keeps
+the run's settings, `max_steps` and `train_examples` included: only those of validation,
+checkpoints and the device may change (`_RESUMABLE_CHANGES`). Under torchrun each rank
+takes its own batches (`sft_data.optimizer_steps`) and DDP averages the gradients. Weights
+stay float32; `bf16` autocasts the decoder (the default on CUDA).
 """
 from __future__ import annotations
 
@@ -52,7 +55,7 @@ from rere.prompts import Prompter, PromptTemplate
 from rere.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_pretrained
 from rere.trainer.config import config_to_dict, save_config
 from rere.trainer.distributed import Distributed, lockstep, no_sync, wrap_model
-from rere.trainer.examples import training_examples
+from rere.trainer.examples import train_sample, training_examples
 from rere.trainer.metrics_log import MetricsLog, plot_metrics
 from rere.trainer.packed_logprobs import head_logprobs
 from rere.trainer.sft_config import BEST_METRIC, SFTConfig
@@ -62,9 +65,10 @@ from rere.trainer.validation import validate_on_ranks
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-# Fields that may change when resuming: they do not alter the weights a step produces.
-_RESUMABLE_CHANGES = ("max_steps", "eval_every", "eval_examples", "eval_beams", "patience", "save_every",
-                      "keep_checkpoints", "device")
+# Fields that may change when resuming: they do not alter the weights a step produces
+# (max_steps does: it sets the schedule's length).
+_RESUMABLE_CHANGES = ("eval_every", "eval_examples", "eval_beams", "patience", "save_every", "keep_checkpoints",
+                      "device")
 
 
 class CompletionLoss(nn.Module):
@@ -126,7 +130,9 @@ def train_sft(model, tokenizer, dataset: Dataset, config: SFTConfig, run_dir, *,
     per_epoch = steps_per_epoch(-(-len(train) // cfg.batch_size), dist.world_size, cfg.grad_accum)
     if per_epoch == 0:
         raise ValueError(f"{len(train)} training examples make no batch for each of {dist.world_size} ranks")
-    total = cfg.epochs * per_epoch
+    total = cfg.epochs * per_epoch  # the run's steps, which the schedule spans
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
     from transformers import get_cosine_schedule_with_warmup
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total), total)
 
@@ -145,8 +151,7 @@ def train_sft(model, tokenizer, dataset: Dataset, config: SFTConfig, run_dir, *,
     # Resuming drops what the interrupted run logged after its checkpoint (everything, without one).
     log = MetricsLog(run_dir, enabled=dist.is_main, resume_step=step if resume else None)
     use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
-    limit = min(total, cfg.max_steps) if cfg.max_steps is not None else total
-    bar = tqdm(total=limit, initial=min(step, limit), desc="SFT", unit="step", disable=not (progress and dist.is_main))
+    bar = tqdm(total=total, initial=min(step, total), desc="SFT", unit="step", disable=not (progress and dist.is_main))
 
     def evaluate_now() -> None:
         metrics = validate_on_ranks(model, tokenizer, index, dataset.catalog, prompter, valid, dist, num_beams=cfg.eval_beams,
@@ -168,7 +173,7 @@ def train_sft(model, tokenizer, dataset: Dataset, config: SFTConfig, run_dir, *,
     loss = math.nan
 
     def finished() -> bool:
-        return step >= limit or state["stopped_early"]
+        return step >= total or state["stopped_early"]
 
     while epoch < cfg.epochs and not finished():
         batches = batch_order(lengths, cfg.batch_size, cfg.seed, epoch)
@@ -216,8 +221,9 @@ def train_sft(model, tokenizer, dataset: Dataset, config: SFTConfig, run_dir, *,
 
 def _data(dataset: Dataset, tokenizer, cfg: SFTConfig, template, vocab_size: int, verbose: bool):
     """(prompter, catalog index, tokenised training examples, validation examples). The
-    catalog is tokenised once, for both the index and the training completions; validation
-    uses a fixed random subset of `eval_examples` of the early-stopping examples."""
+    catalog is tokenised once, for both the index and the training completions; training
+    uses a seeded sample of `train_examples` rows (all by default), validation a fixed random
+    subset of `eval_examples` of the early-stopping examples."""
     data = training_examples(dataset, cfg.evaluated_split, cfg.max_history)
     if data.warning and verbose:
         print(f"rere sft: {data.warning}")
@@ -226,7 +232,7 @@ def _data(dataset: Dataset, tokenizer, cfg: SFTConfig, template, vocab_size: int
                                            context=prompter.template.context)
     index = CatalogIndex.from_flat(completions.tokens, completions.offsets, vocab_size=vocab_size,
                                    metadata={"eos_token_id": completions.eos_token_id})
-    train = tokenize_examples(data.train, prompter, tokenizer, completions)
+    train = tokenize_examples(train_sample(data.train, cfg.train_examples, cfg.seed), prompter, tokenizer, completions)
     return prompter, index, train, sample_examples(data.valid, cfg.eval_examples, cfg.seed)
 
 

@@ -20,8 +20,8 @@ class SFTConfig:
     warmup_ratio: float = setting("share of the optimizer steps warming up linearly", default=0.03)
     weight_decay: float = setting("AdamW weight decay", default=0.0)
     max_grad_norm: float = setting("gradient clipping by global norm", default=1.0)
-    max_steps: int | None = setting("stop after this many optimizer steps (the schedule still spans `epochs`)",
-                                  default=None)
+    max_steps: int | None = setting("run at most this many optimizer steps: the warmup and cosine decay span "
+                                  "them, or `epochs` when those make fewer steps", default=None)
     lora_r: int = setting("LoRA rank on the attention and MLP projections (0 = full fine-tuning)", default=0)
     lora_alpha: int = setting("LoRA alpha", default=32)
     lora_dropout: float = setting("LoRA dropout", default=0.0)
@@ -31,6 +31,8 @@ class SFTConfig:
     max_history: int = setting("history items per prompt (the most recent ones)", default=10)
     max_prompt_tokens: int | None = setting("drop the oldest history items beyond this prompt length", default=None)
     evaluated_split: str = setting("the split the model will be tested on (never trained on)", default="test")
+    train_examples: int | None = setting("train on a seeded random sample of this many training examples "
+                                       "(None: all of them)", default=None)
     # validation and early stopping
     eval_every: int = setting("validate every N optimizer steps (0 = only at the end)", default=200)
     eval_examples: int = setting("validation examples per evaluation (a fixed random subset)", default=200)
@@ -39,6 +41,7 @@ class SFTConfig:
     # running
     save_every: int = setting("checkpoint every N optimizer steps (and always at the end)", default=500)
     keep_checkpoints: int = setting("checkpoints kept", default=2)
-    seed: int = setting("seed of the data order, the LoRA initialisation and the validation subset", default=0)
+    seed: int = setting("seed of the data order, the LoRA initialisation, the training sample and the validation "
+                        "subset", default=0)
     device: str | None = setting("cpu / cuda (default: cuda when present)", default=None)
     bf16: bool | None = setting("bfloat16 autocast, fp32 weights (default: on with CUDA)", default=None)
