@@ -118,12 +118,13 @@ COMPACT_CPU = DemoSettings(
     sft=SFTConfig(epochs=100, max_steps=615, batch_size=128, lr=2e-3, warmup_ratio=0.05, eval_every=205,
                   eval_examples=1000, patience=0, save_every=10_000, keep_checkpoints=1),
     # ReRe: 32 prompts x 16 beams a step, ~0.45 s (2.2-2.6 steps/s). Chosen on the validation
-    # split (2,000 rows, NDCG@10 of the 1-epoch SFT model 0.0579): lr 1e-4 fell to 0.0538-0.0550
-    # in 300 steps (also at 128 prompts a step: 0.0546), lr 1e-5 gave 0.0580-0.0594.
-    # benchmarks/RESULTS.md ("The demo's settings") lists every run. best/ is the best of three
-    # validations on 1,000 rows.
-    grpo=GRPOConfig(num_generations=16, prompts_per_step=32, rollout_batch=32, micro_batch=16, max_steps=300,
-                    lr=1e-5, eval_every=100, eval_examples=1000, save_every=10_000, keep_checkpoints=1),
+    # split (2,000 rows; the SFT model: NDCG@10 0.0579): lr 1e-4 fell to 0.0538-0.0550 within
+    # 300 steps (at 128 prompts a step too: 0.0546), 3e-5 to 0.0570; lr 1e-5 rose to 0.0594
+    # at 150 steps, and over 1,000 steps to 0.0589 / 0.0598 / 0.0600 / 0.0590 at steps 200 /
+    # 400 / 600 / 800 (benchmarks/RESULTS.md, "The demo's settings"). Hence 600 steps at 1e-5,
+    # validated every 150 on those 2,000 rows (~12 s each), the best kept.
+    grpo=GRPOConfig(num_generations=16, prompts_per_step=32, rollout_batch=32, micro_batch=16, max_steps=600,
+                    lr=1e-5, eval_every=150, eval_examples=2000, save_every=10_000, keep_checkpoints=1),
     # SASRec: 5-7 s per epoch, most of it validation; 10 epochs reach valid NDCG@10 0.057 where
     # early stopping (best epoch 19 of 24, 110 s) reaches 0.062.
     sasrec={"max_len": 10, "epochs": 10},
@@ -577,7 +578,6 @@ def describe_stages(settings: DemoSettings, stages: list[str]) -> dict[str, str]
         return "bf16 autocast" if (torch.cuda.is_available() if bf16 is None else bf16) else "fp32"
 
     rows = "all" if sft.train_examples is None else f"{sft.train_examples:,}"
-    length = f"{grpo.max_steps} steps" if grpo.max_steps is not None else f"{grpo.epochs:g} epochs"
     evaluation = f"{settings.eval_beams} beams{prompts}, {'bf16' if settings.eval_bf16 else 'fp32'}"
     tested = "all test rows" if settings.eval_examples is None else (
         f"{settings.eval_examples:,} test rows, a seeded random sample")
@@ -587,15 +587,27 @@ def describe_stages(settings: DemoSettings, stages: list[str]) -> dict[str, str]
         "popularity": f"ranks {settings.eval_beams}",
         "sasrec": ", ".join(f"{k}={v}" for k, v in settings.sasrec.items()) or "SASRecConfig defaults",
         "model": ", ".join(f"{k}={v}" for k, v in settings.compact.items()) or "CompactModelConfig defaults",
-        "sft": f"{rows} training rows, {sft.epochs} epoch(s), batch {sft.batch_size}, lr {sft.lr:g}{prompts}, "
-               f"{precision(sft.bf16)}",
+        "sft": f"{rows} training rows, {_length(sft.max_steps, sft.epochs)}, batch {sft.batch_size}, lr {sft.lr:g}"
+               f"{prompts}, {precision(sft.bf16)}{_validation(sft)}",
         "sft-eval": evaluation,
-        "rere": f"G={grpo.num_generations}, {grpo.prompts_per_step} prompts/step, {length}, lr {grpo.lr:g}, "
-                f"beta {grpo.beta:g}, {grpo.loss_type} loss, rewards {'+'.join(grpo.rewards)}{prompts}, "
-                f"{precision(grpo.bf16)}",
+        "rere": f"G={grpo.num_generations}, {grpo.prompts_per_step} prompts/step, "
+                f"{_length(grpo.max_steps, grpo.epochs)}, lr {grpo.lr:g}, beta {grpo.beta:g}, {grpo.loss_type} loss, "
+                f"rewards {'+'.join(grpo.rewards)}{prompts}, {precision(grpo.bf16)}{_validation(grpo)}",
         "rere-eval": evaluation,
     }
     return {name: described[name] for name in stages}
+
+
+def _length(max_steps: int | None, epochs: float) -> str:
+    """A run's length: its steps (`max_steps` ends it, whatever `epochs` would give) or epochs."""
+    return f"{max_steps} steps" if max_steps is not None else f"{epochs:g} epoch(s)"
+
+
+def _validation(config) -> str:
+    """How a trainer's model was picked: best of its validations, or the last one."""
+    if not config.eval_examples:
+        return ", no validation (the last model)"
+    return f", best/ by validation NDCG@10 on {config.eval_examples:,} rows every {config.eval_every} steps"
 
 
 @dataclass(frozen=True)
