@@ -7,8 +7,8 @@ Every variant starts from the demo's SFT model (DEMO/sft/best) and changes one t
 demo's ReRe settings (DEMO/settings.json): the rewards (rule only vs rule + ranking), the
 rollouts (constrained beam search vs G independent samples), G (4, 8, 16) and the loss
 type (grpo, bnpo, dr_grpo, dapo). Each runs once per seed (GRPO's data order and sampling),
-and is tested with 20-beam search on the same seeded sample of test rows as SFT, popularity
-and SASRec (SASRec trained once per seed). Writes OUT/design_space.json and
+and is tested with the demo's beam width (its eval_beams) on the same seeded sample of test
+rows as SFT, popularity and SASRec (SASRec trained once per seed). Writes OUT/design_space.json and
 OUT/design_space.md: per row the mean and standard deviation over seeds of HR@10 and
 NDCG@10, the mean paired difference of NDCG@10 to SFT, how many seeds' paired bootstrap
 95% intervals lie above / below 0, the share of rollout groups that held the target, and
@@ -43,7 +43,6 @@ VARIANTS = {
     "loss dr_grpo": {"loss_type": "dr_grpo"},
     "loss dapo (clip 0.2 / 0.28)": {"loss_type": "dapo", "epsilon_high": 0.28},
 }
-BEAMS = 20  # items ranked per test row, as in the demo
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -63,23 +62,23 @@ def main(argv: list[str] | None = None) -> dict:
         if not (args.demo / needed).exists():
             raise FileNotFoundError(f"{args.demo / needed} is missing: run `rere demo -o {args.demo}` to the end first")
     base = GRPOConfig(**{**settings["grpo"], "max_steps": args.steps, "eval_examples": 0, "save_every": 10**6})
-    study = Study(args.demo, args.out, args.test_examples)
+    study = Study(args.demo, args.out, args.test_examples, settings["eval_beams"])
+    sft = [study.sft()]  # first: every other row is paired with it
     rows = {"popularity": [study.baseline("popularity", None, {})],
-            "SASRec": [study.baseline("sasrec", seed, settings["sasrec"]) for seed in args.seeds],
-            "SFT": [study.sft()]}
+            "SASRec": [study.baseline("sasrec", seed, settings["sasrec"]) for seed in args.seeds], "SFT": sft}
     for name in args.only or VARIANTS:
         config = dataclasses.replace(base, **{k: tuple(v) if isinstance(v, list) else v
                                                for k, v in VARIANTS[name].items()})
         rows[name] = [study.grpo(name, dataclasses.replace(config, seed=seed)) for seed in args.seeds]
-    return write_table(args.out, rows, base, args)
+    return write_table(args.out, rows, base, args, settings["eval_beams"])
 
 
 class Study:
-    def __init__(self, demo_dir: Path, out: Path, test_examples: int):
+    def __init__(self, demo_dir: Path, out: Path, test_examples: int, beams: int):
         from rere.data import Dataset
         from rere.prompts import PromptTemplate
 
-        self.demo_dir, self.out, self.limit = demo_dir, out, test_examples
+        self.demo_dir, self.out, self.limit, self.beams = demo_dir, out, test_examples, beams
         self.data = demo_dir / "data"
         self.dataset = Dataset.load(self.data)
         self.template = PromptTemplate.from_file(demo_dir / "model" / "prompt_template.txt")
@@ -90,7 +89,7 @@ class Study:
         if not (folder / "metrics.json").exists():
             started = time.perf_counter()
             argv = ["baseline", kind, "--data", str(self.data), "--split", "test", "-o", str(folder),
-                    "--k", str(BEAMS), "--limit", str(self.limit)]
+                    "--k", str(self.beams), "--limit", str(self.limit)]
             argv += [f"--{k.replace('_', '-')}={v}" for k, v in flags.items()]
             argv += ["--seed", str(seed)] if seed is not None else []
             demo._run_command(argv)
@@ -140,7 +139,7 @@ class Study:
             from rere.tokenizers import load_tokenizer
 
             tokenizer = load_tokenizer(str(self.demo_dir / "sft" / "best"))
-        evaluate(model, tokenizer, self.dataset, folder, "test", num_beams=BEAMS, template=self.template,
+        evaluate(model, tokenizer, self.dataset, folder, "test", num_beams=self.beams, template=self.template,
                  limit=self.limit, sample_seed=demo.EVAL_SAMPLE_SEED, name=name)
 
     def scored(self, folder: Path) -> dict:
@@ -159,7 +158,7 @@ class Study:
         return row
 
 
-def write_table(out: Path, rows: dict[str, list[dict]], base: GRPOConfig, args) -> dict:
+def write_table(out: Path, rows: dict[str, list[dict]], base: GRPOConfig, args, beams: int) -> dict:
     def spread(values: list[float]) -> str:
         mean = statistics.mean(values)
         return f"{mean:.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else f"{mean:.4f}"
@@ -178,7 +177,7 @@ def write_table(out: Path, rows: dict[str, list[dict]], base: GRPOConfig, args) 
                      f"{f'{above} / {below}' if paired else ''} | {hits} | {seconds} |")
         summary[name] = runs
     examples = rows["SFT"][0]["examples"]
-    head = (f"{examples:,} test rows (seeded sample), {BEAMS} beams; GRPO from the SFT model, {args.steps} steps of "
+    head = (f"{examples:,} test rows (seeded sample), {beams} beams; GRPO from the SFT model, {args.steps} steps of "
             f"{base.prompts_per_step} prompts, lr {base.lr:g}, beta {base.beta:g}; seeds {args.seeds}; mean ± "
             "standard deviation over seeds; 'above / below': seeds whose paired bootstrap 95% interval of "
             "NDCG@10 - SFT lies above / below 0.")
