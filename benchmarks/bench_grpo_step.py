@@ -53,7 +53,7 @@ from rere.trainer.grpo_loss import grpo_loss
 from rere.trainer.packed_logprobs import CompletionScorer, pack_groups
 from rere.trainer.rewards import Groups, group_advantages, ranking_reward, rule_reward, total_reward
 
-LR, BETA, MAX_GRAD_NORM = 1e-5, 1e-3, 0.3  # ReRe's reference setup (DESIGN.md)
+LR, BETA, MAX_GRAD_NORM = 1e-5, 1e-3, 0.3  # ReRe's reference setup (the authors' training script)
 REWARDS = [rule_reward, ranking_reward]
 TARGET_RANK = 2  # the planted target's beam rank (see the module doc)
 # Rows per forward in the reference update (TRL's per_device_train_batch_size): a whole group

@@ -1,7 +1,8 @@
 """The index the reference ReRe/D3 code builds, for comparison: a Python dict from the
 '-'-joined token prefix to the list of allowed next tokens, looked up one beam at a time.
 
-Written here from the description in DESIGN.md (no reference code is copied).
+Written here from the ReRe/D3 papers' description of their constrained decoding (no reference code
+is copied).
 Run as a script to measure it at any size: `python benchmarks/reference_prefix_dict.py 1000000`.
 """
 from __future__ import annotations

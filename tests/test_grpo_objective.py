@@ -1,7 +1,7 @@
 """ReRe's rewards, group advantages, the GRPO loss types, and prefix-shared log-probs.
 
-Each piece is checked against a plain re-statement of the formula (DESIGN.md, TRL's
-GRPOTrainer) written independently here, and the packed forward against the ordinary
+Each piece is checked against a plain re-statement of the formula (the ReRe paper and TRL's
+GRPOTrainer, whose loss the ReRe code uses) written independently here, and the packed forward against the ordinary
 per-sequence forward of Hugging Face models: values and gradients.
 """
 from __future__ import annotations

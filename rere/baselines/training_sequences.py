@@ -8,7 +8,8 @@ merged back into one sequence (`merge_windows`).
 With a "train" split the sequences are its rows (history + target) merged per user, and
 the "valid" split (when it is not the evaluated one) is the early-stopping set.
 
-Without one (the ReRe authors published only valid and test) the sequences come from the
+Without one (a copy of the ReRe authors' data with only their valid and test splits, as in
+this project's shared folder) the sequences come from the
 histories of the rows themselves, never their targets, and only from the evaluated split
 and those before it (SPLITS order; later splits are the future). Per user the merge stops
 after the user's FIRST row of the evaluated split: later rows' histories hold that row's

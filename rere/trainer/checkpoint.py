@@ -59,9 +59,9 @@ def save_checkpoint(run_dir: str | os.PathLike, *, step: int, model: nn.Module, 
     but the newest `keep` checkpoints (never this one). Returns the folder.
 
     `model` may be plain, DDP-wrapped or FSDP-sharded; `data_state` and `extra` must be
-    JSON-serialisable (rank 0's are kept). `extra_models` (plain modules, e.g. a GRPO
-    reference model that drifts with soft syncs) go in as `{name}.safetensors`, inside the
-    same atomic folder. Call on every rank when distributed.
+    JSON-serialisable (rank 0's are kept). `extra_models` (e.g. a GRPO reference model that
+    drifts with soft syncs; plain or FSDP-sharded like `model`) go in as `{name}.safetensors`,
+    inside the same atomic folder. Call on every rank when distributed.
     """
     if keep < 1:
         raise ValueError(f"keep={keep}: at least the new checkpoint must be kept")
@@ -70,14 +70,15 @@ def save_checkpoint(run_dir: str | os.PathLike, *, step: int, model: nn.Module, 
     staging = run_dir / f".{final.name}.tmp"  # the same on every rank: they all write into it
     state = {"format": FORMAT, "version": VERSION, "step": step, "data_state": data_state, "extra": extra}
     write_model, optimizer_state = _gather(model, optimizer)  # collective under FSDP: every rank
+    write_extras = {name: _gather(module, None)[0] for name, module in (extra_models or {}).items()}
 
     def write_shared() -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         _remove_leftovers(run_dir)
         staging.mkdir()
         write_model(staging / "model.safetensors")
-        for name, module in (extra_models or {}).items():
-            save_model(module, str(staging / f"{name}.safetensors"))
+        for name, write_extra in write_extras.items():
+            write_extra(staging / f"{name}.safetensors")
         if optimizer_state is not None:
             torch.save(optimizer_state, staging / "optimizer.pt")
         if scheduler is not None:

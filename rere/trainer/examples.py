@@ -1,7 +1,8 @@
 """What the LLM trainers fit: (history, next item) examples that never contain an evaluated target.
 
 With a "train" split its rows are the examples and "valid" is the early-stopping set.
-Without one (the ReRe authors published only valid and test), the leak-free training
+Without one (the ReRe authors' train split is not always at hand: the shared Amazon data
+carries only their valid and test), the leak-free training
 sequences of `rere.baselines.training_data` (histories only, cut after each user's first
 evaluated row) are cut into sliding windows, and each sequence's last item is held out for
 early stopping (`holdout_last`), exactly as the baselines do, so the table compares like

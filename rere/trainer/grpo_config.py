@@ -27,7 +27,8 @@ class GRPOSettings:
     epsilon_low: float = setting("ratio clip below 1", default=0.2)
     epsilon_high: float = setting("ratio clip above 1 (DAPO uses 0.28)", default=0.2)
     beta: float = setting("k3 KL weight to the reference model (0 = no reference)", default=1e-3)
-    ref_sync_every: int = setting("soft-update the reference every N steps (0 = never)", default=0)
+    # The ReRe code trains with TRL's sync_ref_model at TRL's defaults: every 512 steps, alpha 0.6.
+    ref_sync_every: int = setting("soft-update the reference every N steps (0 = never; ReRe: 512)", default=512)
     ref_sync_alpha: float = setting("ref <- alpha * policy + (1 - alpha) * ref at each sync", default=0.6)
     num_iterations: int = setting("optimizer passes over each rollout batch", default=1)
     micro_batch: int = setting("groups per forward/backward", default=2)

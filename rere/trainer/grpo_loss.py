@@ -9,7 +9,7 @@ Per token t of completion s with advantage A_s:
 
 and the per-token losses are reduced as TRL's GRPOTrainer does (the ReRe code is built on it):
 
-- "grpo": mean over each completion's tokens, then mean over completions (DESIGN.md);
+- "grpo": mean over each completion's tokens, then mean over completions (ReRe's default);
 - "bnpo": sum over all tokens of the micro-batch / its token count;
 - "dr_grpo": sum over all tokens / (completions x max_completion_length) (Dr. GRPO: no
   length bias);
