@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from peak_memory import measure_in_child, peak_extra_mb, report
-from rere.rporec.retrieval import target_ranks, topk_items
+from rere.rporec.retrieval import catalog_ranks, topk_items
 
 N, D, B, K = 1_000_000, 256, 256, 50
 
@@ -41,7 +41,7 @@ def plain_ranks(queries, items, targets):
 CASES = {
     "topk chunked": lambda q, i, t: topk_items(q, i, K),
     "topk plain": plain_topk,
-    "ranks chunked": lambda q, i, t: target_ranks(q, i, t),
+    "ranks chunked": lambda q, i, t: catalog_ranks(q, i, t),
     "ranks plain": plain_ranks,
 }
 

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rere.rporec.retrieval import target_ranks, topk_items
+from rere.rporec.retrieval import catalog_ranks, topk_items
 
 
 def plain_topk(queries, items, k, exclude=None):
@@ -40,7 +40,7 @@ def test_chunked_topk_equals_a_stable_sort_of_one_matmul(n_items, n_queries, k, 
     want_scores, want_index = plain_topk(queries, items, min(k, n_items))
     assert torch.equal(index, want_index)
     torch.testing.assert_close(scores, want_scores)
-    ranks = target_ranks(queries, items, torch.randint(n_items, (n_queries,), generator=g), chunk_items=chunk)
+    ranks = catalog_ranks(queries, items, torch.randint(n_items, (n_queries,), generator=g), chunk_items=chunk)
     assert ranks.dtype == torch.int64 and (ranks >= 0).all() and (ranks < n_items).all()
 
 
@@ -59,11 +59,11 @@ def test_target_ranks_count_strictly_higher_items_and_never_the_target():
     queries = torch.tensor([[1.0, 0], [0, 1], [1.0, 0]])
     # query 0: target 2 ties item 0 (the same vector): rank 0; query 1: item 1 alone on top;
     # query 2: target 3 (0.5) trails items 0 and 2 (1.0).
-    assert target_ranks(queries, items, torch.tensor([2, 1, 3]), chunk_items=3).tolist() == [0, 0, 2]
+    assert catalog_ranks(queries, items, torch.tensor([2, 1, 3]), chunk_items=3).tolist() == [0, 0, 2]
     with pytest.raises(ValueError, match="target item 7 .*outside the catalog's 4 items"):
-        target_ranks(queries, items, torch.tensor([0, 7, 1]))
+        catalog_ranks(queries, items, torch.tensor([0, 7, 1]))
     with pytest.raises(ValueError, match="share D"):
-        target_ranks(queries, torch.ones(4, 3), torch.tensor([0, 1, 2]))
+        catalog_ranks(queries, torch.ones(4, 3), torch.tensor([0, 1, 2]))
 
 
 def test_bf16_items_are_multiplied_in_float32():
@@ -74,7 +74,7 @@ def test_bf16_items_are_multiplied_in_float32():
     want_scores, want_index = plain_topk(queries, items, 10)
     assert torch.equal(index, want_index)
     targets = torch.randint(3000, (6,), generator=g)
-    assert torch.equal(target_ranks(queries, items, targets, chunk_items=700), plain_ranks(queries, items, targets))
+    assert torch.equal(catalog_ranks(queries, items, targets, chunk_items=700), plain_ranks(queries, items, targets))
 
 
 @pytest.mark.slow
@@ -87,6 +87,6 @@ def test_one_million_items():
     assert torch.equal(index, want_index)
     torch.testing.assert_close(scores, want_scores / 0.07)
     targets = torch.cat([want_index[:4, 7], torch.randint(1_000_000, (4,), generator=g)])
-    ranks = target_ranks(queries, items, targets)
+    ranks = catalog_ranks(queries, items, targets)
     assert ranks[:4].tolist() == [7, 7, 7, 7]
     assert torch.equal(ranks, plain_ranks(queries, items, targets))

@@ -24,7 +24,7 @@ def test_the_format_check_multiplies_everything():
     g = groups([[0, 2], [10, 0]], [[True, False], [True, True]], [[50, 10], [100, 128]])
     plain = rechead_reward()(g)
     torch.testing.assert_close(plain, torch.tensor([[1.0, 0.0], [1 / math.log2(12), 1.0]]))
-    shaped = rechead_reward(ndcg_weight=2.0, hit_bonus=0.5, hit_k=10, length_penalty=0.1, max_new_tokens=100)(g)
+    shaped = rechead_reward(ndcg_weight=2.0, hit_bonus=0.5, hit_k=10, length_cost=0.1, max_new_tokens=100)(g)
     torch.testing.assert_close(shaped, torch.tensor([[2.0 + 0.5 - 0.05, 0.0],  # malformed: 0, shaping too
                                                      [2 / math.log2(12) - 0.1, 2.0 + 0.5 - 0.128]]))
     unchecked = rechead_reward(format_check=False)(g)

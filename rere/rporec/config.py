@@ -64,7 +64,7 @@ class Stage2Config(GRPOSettings):
     ndcg_k: int | None = setting("cut the NDCG at this rank (None: untruncated, 1/log2(rank + 2))", default=None)
     hit_bonus: float = setting("shaping: added when the target is in the head's top hit_k", default=0.0)
     hit_k: int = setting("the top-k of hit_bonus", default=10)
-    length_penalty: float = setting("shaping: minus this times the share of max_new_tokens the reasoning uses",
+    length_cost: float = setting("shaping: minus this times the share of max_new_tokens the reasoning uses",
                                   default=0.0)
     eval_k: int = setting("items ranked per validation example", default=50)
     lr: float = setting("peak learning rate", default=1e-6)

@@ -36,7 +36,7 @@ from torch import nn
 
 from rere.files import check_format, write_atomically, write_folder_atomically
 from rere.rporec.encoding import POOLINGS
-from rere.rporec.retrieval import DEFAULT_CHUNK_ITEMS, target_ranks, topk_items
+from rere.rporec.retrieval import DEFAULT_CHUNK_ITEMS, catalog_ranks, topk_items
 
 FORMAT, VERSION = "rere-rechead", 1
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 1.0
@@ -124,7 +124,7 @@ class RecHead(nn.Module):
     def ranks(self, hidden: torch.Tensor, targets: torch.Tensor, *, items: torch.Tensor | None = None) -> torch.Tensor:
         """int64 [B]: each target's 0-based rank over the whole catalog."""
         items = self.item_vectors() if items is None else items
-        return target_ranks(self.user_vectors(hidden), items, targets)
+        return catalog_ranks(self.user_vectors(hidden), items, targets)
 
     # -- files -------------------------------------------------------------------------------
 

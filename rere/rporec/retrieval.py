@@ -7,12 +7,12 @@ items in chunks of `chunk_items` rows and keep only what they must:
 
 - `topk_items`: a running `[B, k]` best-so-far, merged with each chunk's own top-k, so the
   peak is one `[B, chunk]` score block plus `[B, 2k]` candidates;
-- `target_ranks`: the 0-based rank of each query's target over the full catalog (how many
+- `catalog_ranks`: the 0-based rank of each query's target over the full catalog (how many
   items score strictly higher), counted chunk by chunk: one `[B, chunk]` comparison at a
   time, never sorting anything.
 
 Ties: `topk_items` orders equal scores by the lower item index (stable, what a full
-`torch.sort(..., stable=True, descending=True)` gives); `target_ranks` counts only strictly
+`torch.sort(..., stable=True, descending=True)` gives); `catalog_ranks` counts only strictly
 higher scores, so a target tied with others gets the best of their ranks, and the target's
 own column is never counted (a row-wise dot product and a matmul entry may round apart).
 Items may be stored in bf16 (half the memory and bandwidth of 1M x D vectors); each chunk
@@ -59,7 +59,7 @@ def topk_items(queries: torch.Tensor, items: torch.Tensor, k: int, *, chunk_item
     return best_scores, best_items
 
 
-def target_ranks(queries: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, *,
+def catalog_ranks(queries: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, *,
                  chunk_items: int = DEFAULT_CHUNK_ITEMS, scale: float = 1.0) -> torch.Tensor:
     """int64 [B]: how many items score strictly higher than query b's target item
     `targets[b]` (its 0-based rank over the whole catalog)."""

@@ -4,7 +4,7 @@ A reward function is any callable `reward(groups: ReasoningGroups) -> float tens
 (prompt p, sample g); stage 2 sums the configured ones. The default, `rechead_reward`, is
 
     reward = well_formed * (ndcg_weight * NDCG(rank) + hit_bonus * [rank < hit_k]
-                            - length_penalty * tokens / max_new_tokens)
+                            - length_cost * tokens / max_new_tokens)
 
 with rank the target's 0-based rank over the whole catalog under the head, and
 NDCG(rank) = 1 / log2(rank + 2) (0 beyond `ndcg_k` when it is set). A malformed reasoning
@@ -49,7 +49,7 @@ def ndcg_of_ranks(ranks: torch.Tensor, k: int | None = None) -> torch.Tensor:
 
 
 def rechead_reward(*, ndcg_weight: float = 1.0, ndcg_k: int | None = None, hit_bonus: float = 0.0,
-                   hit_k: int = 10, length_penalty: float = 0.0, max_new_tokens: int = 128,
+                   hit_k: int = 10, length_cost: float = 0.0, max_new_tokens: int = 128,
                    format_check: bool = True) -> RewardFn:
     """The default reward (module doc) with these weights; `format_check=False` drops the
     format factor (SmolLM2-135M wrote the format in 2 of its first 512 reasonings on the
@@ -61,8 +61,8 @@ def rechead_reward(*, ndcg_weight: float = 1.0, ndcg_k: int | None = None, hit_b
         value = ndcg_weight * ndcg_of_ranks(groups.ranks, ndcg_k)
         if hit_bonus:
             value = value + hit_bonus * (groups.ranks < hit_k).float()
-        if length_penalty:
-            value = value - length_penalty * groups.lengths.float() / max_new_tokens
+        if length_cost:
+            value = value - length_cost * groups.lengths.float() / max_new_tokens
         return torch.where(groups.well_formed, value, torch.zeros(())) if format_check else value
 
     reward.__name__ = "rechead_reward"

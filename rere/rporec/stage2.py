@@ -59,7 +59,7 @@ class Stage2Trainer(GRPOLoop):
         self.items = self.head.item_vectors()  # frozen head: the catalog's vectors never change
         self.rewards = rewards if rewards is not None else [rechead_reward(
             ndcg_weight=config.ndcg_weight, ndcg_k=config.ndcg_k, hit_bonus=config.hit_bonus, hit_k=config.hit_k,
-            length_penalty=config.length_penalty, max_new_tokens=config.max_new_tokens,
+            length_cost=config.length_cost, max_new_tokens=config.max_new_tokens,
             format_check=config.format_check)]
         self._own_encoder = None
         if self.reference is None and not config.lora_r:  # beta = 0: no reference to borrow
@@ -99,7 +99,7 @@ class Stage2Trainer(GRPOLoop):
                 lengths[p, g] = len(gen.tokens)
         well_formed = torch.tensor([[gen.parsed.well_formed for gen in gens] for gens in generations])
         targets = torch.tensor([self.dataset.catalog.index_of(e.target) for e in examples])
-        ranks = self._target_ranks(prompts, generations, targets).view(P, G)
+        ranks = self._catalog_ranks(prompts, generations, targets).view(P, G)
         groups = ReasoningGroups(ranks, well_formed, lengths, targets, [[g.text for g in gens] for gens in generations],
                                  examples)
         ndcg = ndcg_of_ranks(ranks)
@@ -109,7 +109,7 @@ class Stage2Trainer(GRPOLoop):
                         "best_of_group_ndcg": float(ndcg.max(dim=1).values.mean()),
                         "format_rate": float(well_formed.float().mean())})
 
-    def _target_ranks(self, prompts, generations, targets) -> torch.Tensor:
+    def _catalog_ranks(self, prompts, generations, targets) -> torch.Tensor:
         """int64 [P * G]: the target's rank under the head for each reasoning."""
         eos = self.tokenizer.eos_token_id
         sequences = [user_sequence(p, g, eos) for p, gens in zip(prompts, generations) for g in gens]
