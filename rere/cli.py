@@ -11,7 +11,7 @@
     rere sft --data DIR --model M -o RUN        supervised fine-tuning (best model in RUN/best)
     rere train --data DIR --model M -o RUN      ReRe: GRPO with beam-search rollouts and ranking rewards
     rere rporec stage1|stage2 ...               RPORec: reasoning, a RecHead, GRPO on the reasoning
-    rere demo [-o OUT] [--gpu]                  MovieLens-100K end to end: baselines, SFT, ReRe, one table
+    rere demo [-o OUT] [--model M] [--data DIR] [--gpu]   end to end: baselines, SFT, ReRe, one table with intervals
 """
 from __future__ import annotations
 

@@ -641,10 +641,16 @@ class _Timings:
 
 
 def _run_command(argv: list[str]) -> None:
-    """Run a `rere` subcommand in this process, its errors raised (not turned into an exit status)."""
-    from rere.cli import make_parser
+    """Run `rere prepare ...` or `rere baseline ...` in this process, its errors raised (not
+    turned into an exit status). Only those two subcommands are registered: importing
+    rere.cli here would make an import circle (it registers this module)."""
+    from rere.commands import baseline, prepare
 
-    args = make_parser().parse_args(argv)
+    parser = argparse.ArgumentParser(prog="rere")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for command in (prepare, baseline):
+        command.register(commands)
+    args = parser.parse_args(argv)
     args.func(args)
 
 
