@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_quality_amazon.sh RUN_DIR [SFT_EPOCHS] [GRPO_STEPS] [EVAL_BEAMS]
 #
 # Needs ../shared/data/amazon-industrial-rere (or RERE_AMAZON_DATA=folder) and SmolLM2's offline package (rere.models).
-# The split has no train split: both trainers use the leak-free windows of rere.trainer.examples
+# The split has no train split: both trainers use the leak-free windows of rere.data.examples
 # (10,609 training examples). Every stage writes into RUN_DIR and prints its wall time; the last
 # lines are the two metrics tables. Settings are sized for a short GPU lease, not the paper's
 # full recipe (which runs GRPO for 2 epochs of 32 prompts x 16 beams a step).

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rere.baselines.training_sequences import item_counts, training_data
+from rere.data.training_sequences import item_counts, training_data
 from rere.catalog import Catalog
 from rere.data import Dataset, Example
 from rere.data.dataset import sample_examples

@@ -9,11 +9,11 @@ import warnings
 import numpy as np
 import pytest
 
-from rere.baselines import (Popularity, SASRec, SASRecConfig, holdout_last, item_counts, merge_windows,
-                            training_data)
+from rere.baselines import Popularity, SASRec, SASRecConfig
 from rere.catalog import Catalog
 from rere.commands import baseline as baseline_command
 from rere.data import Dataset, Example
+from rere.data.training_sequences import holdout_last, item_counts, merge_windows, training_data
 from rere.metrics import target_ranks
 
 LETTERS = Catalog.from_lists(list("abcdef"), [f"item {c}" for c in "abcdef"])

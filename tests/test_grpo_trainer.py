@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rere.cli import main
-from rere.trainer.examples import train_sample, training_examples
+from rere.data.examples import train_sample, training_examples
 from rere.trainer.grpo import GRPOConfig, GRPOTrainer
 from rere.trainer.metrics_log import read_metrics
 from rere.trainer.packed_logprobs import CompletionScorer, pack_groups

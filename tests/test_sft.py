@@ -27,7 +27,7 @@ from rere.data import Dataset, Example
 from rere.index import CatalogIndex
 from rere.prompts import Prompter
 from rere.trainer import sft
-from rere.trainer.examples import train_sample, training_examples
+from rere.data.examples import train_sample, training_examples
 from rere.trainer.metrics_log import MetricsLog, read_metrics
 from rere.trainer.sft import CompletionLoss, SFTConfig, train_sft
 from rere.trainer.sft_data import batch_order, collate, optimizer_steps, steps_per_epoch, tokenize_examples

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from rere.baselines.training_sequences import item_counts
+from rere.data.training_sequences import item_counts
 from rere.catalog import Catalog
 from rere.data.dataset import Example
 

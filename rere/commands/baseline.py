@@ -1,7 +1,7 @@
 """`rere baseline popularity|sasrec`: train a non-LLM baseline, rank a split, score it as
 `rere evaluate` scores the LLM.
 
-Trains on `rere.baselines.training_data` (the train split, or without one the histories
+Trains on `rere.data.training_sequences.training_data` (the train split, or without one the histories
 of the rows, never the evaluated targets; a warning says so), ranks every example of
 --split and writes into --out, each file atomically:
 
@@ -63,7 +63,8 @@ def register(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from rere.baselines import Popularity, training_data
+    from rere.baselines import Popularity
+    from rere.data.training_sequences import training_data
     from rere.data import Dataset
     from rere.data.dataset import sample_examples
     from rere.evaluation import ranking_row, split_metrics
@@ -116,7 +117,8 @@ def _train_sasrec(args: argparse.Namespace, catalog, data):
 
     import torch
 
-    from rere.baselines import SASRec, SASRecConfig, holdout_last
+    from rere.baselines import SASRec, SASRecConfig
+    from rere.data.training_sequences import holdout_last
 
     fields = (flag[2:].replace("-", "_") for flag, _, _ in SASREC_OPTIONS)
     config = SASRecConfig(**{f: getattr(args, f) for f in fields if getattr(args, f) is not None})

@@ -43,7 +43,7 @@ from rere.rporec.reasoning import ReasoningCache, reasoning_prompter, user_seque
 from rere.rporec.rec_head import RecHead, RecHeadConfig
 from rere.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_pretrained
 from rere.trainer.config import config_to_dict, save_config
-from rere.trainer.examples import training_examples
+from rere.data.examples import training_examples
 from rere.trainer.metrics_log import MetricsLog, plot_metrics
 
 PANELS = (("train", "loss"), ("valid", "ndcg@10"), ("valid", "hr@10"), ("train", "format_rate"))

@@ -32,7 +32,7 @@ from rere.rporec.reasoning import generate_reasonings, reasoning_prompter, user_
 from rere.rporec.rec_head import RecHead
 from rere.rporec.rewards import ReasoningGroups, RewardFn, ndcg_of_ranks, rechead_reward
 from rere.trainer.distributed import Distributed, unwrap
-from rere.trainer.examples import train_sample, training_examples
+from rere.data.examples import train_sample, training_examples
 from rere.trainer.grpo_loop import GRPOLoop, Rollout
 from rere.trainer.rewards import total_reward
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from rere.baselines.training_sequences import training_data
+from rere.data.training_sequences import training_data
 from rere.catalog import Catalog
 from rere.data.dataset import Dataset
 from rere.semantic_ids.item_embeddings import collaborative_embeddings, load_embeddings, text_embeddings

@@ -19,7 +19,7 @@ from rere.index import CatalogIndex
 from rere.prompts import Prompter, PromptTemplate
 from rere.sampler import beam_search, left_pad, sample
 from rere.trainer.distributed import Distributed, unwrap
-from rere.trainer.examples import train_sample, training_examples
+from rere.data.examples import train_sample, training_examples
 from rere.trainer.grpo_config import GRPOConfig
 from rere.trainer.grpo_loop import GRPOLoop, Rollout, concat_padded
 from rere.trainer.rewards import REWARDS, Groups, RewardFn, total_reward

@@ -1,6 +1,6 @@
 """Supervised fine-tuning: teach the model to write the next item's completion after the prompt.
 
-The examples come from `rere.trainer.examples.training_examples` (never a target of the
+The examples come from `rere.data.examples.training_examples` (never a target of the
 evaluated split; a seeded sample of `train_examples` of them when set); `sft_data.py`
 tokenises them, each completion exactly as the catalog index holds it, and orders them in
 length-bucketed batches fixed by (seed, epoch).
@@ -55,7 +55,7 @@ from rere.prompts import Prompter, PromptTemplate
 from rere.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_pretrained
 from rere.trainer.config import config_to_dict, save_config
 from rere.trainer.distributed import Distributed, lockstep, no_sync, wrap_model
-from rere.trainer.examples import train_sample, training_examples
+from rere.data.examples import train_sample, training_examples
 from rere.trainer.metrics_log import MetricsLog, plot_metrics
 from rere.trainer.packed_logprobs import head_logprobs
 from rere.trainer.sft_config import BEST_METRIC, SFTConfig

@@ -1,4 +1,5 @@
-"""What a baseline trains on: one item sequence per user, and never the evaluated targets.
+"""What a model trains on (the baselines, the SID builder, the LLM trainers' windows): one
+item sequence per user, and never the evaluated targets.
 
 Split files hold sliding windows: a user with n interactions has rows whose histories
 overlap (row r+1's history is row r's history plus row r's target, cut to the last 10

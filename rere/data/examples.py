@@ -3,7 +3,7 @@
 With a "train" split its rows are the examples and "valid" is the early-stopping set.
 Without one (the ReRe authors' train split is not always at hand: the shared Amazon data
 carries only their valid and test), the leak-free training
-sequences of `rere.baselines.training_data` (histories only, cut after each user's first
+sequences of `rere.data.training_sequences.training_data` (histories only, cut after each user's first
 evaluated row) are cut into sliding windows, and each sequence's last item is held out for
 early stopping (`holdout_last`), exactly as the baselines do, so the table compares like
 with like. The trainers' `train_examples` setting keeps a seeded sample of them (`train_sample`).
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rere.baselines.training_sequences import holdout_last, training_data
+from rere.data.training_sequences import holdout_last, training_data
 from rere.data.dataset import Dataset, Example, sample_examples
 
 
