@@ -12,7 +12,7 @@ from transformers import LogitsProcessorList, PreTrainedTokenizerFast
 
 from rere.index import CatalogIndex
 from rere.sampler import beam_search
-from rere.sampler.hf import TrieLogitsProcessor, final_token
+from rere.sampler.hf import TrieLogitsProcessor
 from rere.sampler.trl import Group, make_rollout_func, plan_groups
 from sampler_fixtures import EOS, PAD, VOCAB, PrefixDictProcessor, catalog, completion, prompts
 from tiny_models import ARCHITECTURES, tiny_model
@@ -113,11 +113,11 @@ def test_processor_masks_each_row_from_its_own_tokens():
 
 def test_the_eos_defaults_to_the_token_ending_every_sequence():
     plain = CatalogIndex.from_sequences([[5, 6, EOS], [8, EOS]], vocab_size=VOCAB)
-    assert TrieLogitsProcessor(plain).eos_token_id == EOS
+    assert plain.final_token == EOS and TrieLogitsProcessor(plain).eos_token_id == EOS
     with_metadata = CatalogIndex.from_sequences([[5, 6, 7]], vocab_size=VOCAB, metadata={"eos_token_id": 7})
     assert TrieLogitsProcessor(with_metadata).eos_token_id == 7
-    assert final_token(CatalogIndex.from_sequences([[5, 6, EOS], [5, 7, 8]], vocab_size=VOCAB)) is None
-    assert final_token(CatalogIndex.from_sequences([[5, 6], [5, 6, 7, 6]], vocab_size=VOCAB)) is None  # a prefix
+    assert CatalogIndex.from_sequences([[5, 6, EOS], [5, 7, 8]], vocab_size=VOCAB).final_token is None
+    assert CatalogIndex.from_sequences([[5, 6], [5, 6, 7, 6]], vocab_size=VOCAB).final_token is None  # a prefix
 
 
 @pytest.mark.gpu

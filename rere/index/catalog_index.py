@@ -212,6 +212,30 @@ class CatalogIndex:
     def vocab_size(self) -> int:
         return int(self._trie.vocab_size)
 
+    @property
+    def final_token(self) -> int | None:
+        """The token that ends every catalog sequence (their EOS), or None if they do not all
+        end with one token, or if some sequence is a prefix of another (ends inside the trie).
+        Computed once, on the CPU copy (~0.1 s at 1M items), which every device copy shares."""
+        return self.to("cpu")._final_token_here
+
+    @functools.cached_property
+    def _final_token_here(self) -> int | None:
+        t = self.tensors
+        children = t.child_offsets[1:] - t.child_offsets[:-1]
+        leaves = (children == 0).nonzero().flatten()
+        leaves = leaves[leaves > 0]  # the root of an empty trie is no sequence's end
+        if leaves.numel() == 0:
+            return None
+        ending_at_leaves = (t.item_hi[leaves].long() - t.item_lo[leaves].long()).sum()
+        if int(ending_at_leaves) != self.num_items:
+            return None
+        tail_end = t.tail_offsets[leaves + 1].long()
+        has_tail = tail_end > t.tail_offsets[leaves].long()
+        last_tail = t.tail_tokens[(tail_end - 1).clamp(min=0)].long() if t.tail_tokens.numel() else 0
+        last = torch.where(has_tail, last_tail, t.node_tokens[leaves].long())
+        return int(last[0]) if bool((last == last[0]).all()) else None
+
     def stats(self) -> dict:
         """Items, nodes, edges, tail tokens, bytes (and per item), max fan-out per depth."""
         st = self._trie.stats()

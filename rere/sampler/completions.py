@@ -10,9 +10,7 @@ from rere.index import CatalogIndex
 def resolve_eos_token_id(eos_token_id, index: CatalogIndex, model) -> int:
     """The given id, else the index's (from_catalog records it), else the token that ends
     every catalog sequence, else the model's."""
-    from rere.sampler.hf import final_token
-
-    for candidate in (eos_token_id, index.metadata.get("eos_token_id"), final_token(index),
+    for candidate in (eos_token_id, index.metadata.get("eos_token_id"), index.final_token,
                       getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
         if isinstance(candidate, (list, tuple)):
             candidate = candidate[0] if candidate else None

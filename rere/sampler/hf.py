@@ -27,44 +27,13 @@ Cost: step t walks t tokens per row, O(T^2) `advance` calls over a completion of
 """
 from __future__ import annotations
 
-import weakref
 
 import torch
 from transformers import LogitsProcessor
 
 from rere.index import CatalogIndex
 
-__all__ = ["TrieLogitsProcessor", "final_token"]
-
-
-_FINAL_TOKENS: "weakref.WeakKeyDictionary[CatalogIndex, int | None]" = weakref.WeakKeyDictionary()
-
-
-def final_token(index: CatalogIndex) -> int | None:
-    """The token that ends every catalog sequence (their EOS), or None if they do not all end
-    with one token, or if some sequence is a prefix of another (ends inside the trie).
-    Computed once per index on the CPU (~0.1 s at 1M items) and remembered."""
-    index = index.to("cpu")
-    if index not in _FINAL_TOKENS:
-        _FINAL_TOKENS[index] = _final_token(index)
-    return _FINAL_TOKENS[index]
-
-
-def _final_token(index: CatalogIndex) -> int | None:
-    t = index.tensors
-    children = t.child_offsets[1:] - t.child_offsets[:-1]
-    leaves = (children == 0).nonzero().flatten()
-    leaves = leaves[leaves > 0]  # the root of an empty trie is no sequence's end
-    if leaves.numel() == 0:
-        return None
-    ending_at_leaves = (t.item_hi[leaves].long() - t.item_lo[leaves].long()).sum()
-    if int(ending_at_leaves) != index.num_items:
-        return None
-    tail_end = t.tail_offsets[leaves + 1].long()
-    has_tail = tail_end > t.tail_offsets[leaves].long()
-    last = torch.where(has_tail, t.tail_tokens[(tail_end - 1).clamp(min=0)].long() if t.tail_tokens.numel() else 0,
-                       t.node_tokens[leaves].long())
-    return int(last[0]) if bool((last == last[0]).all()) else None
+__all__ = ["TrieLogitsProcessor"]
 
 
 class TrieLogitsProcessor(LogitsProcessor):
@@ -99,7 +68,7 @@ class TrieLogitsProcessor(LogitsProcessor):
     def eos_token_id(self) -> int | None:
         """The EOS that marks a row finished (found in the trie at first use if not given)."""
         if self._eos_token_id is None:
-            self._eos_token_id = final_token(self.index)
+            self._eos_token_id = self.index.final_token
         return self._eos_token_id
 
     def reset(self) -> "TrieLogitsProcessor":
