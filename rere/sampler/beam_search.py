@@ -30,9 +30,8 @@ import torch
 
 from rere.index import CatalogIndex
 from rere.kernels import BeamCandidates, beam_step, beam_topk, trie_masked_log_softmax
-from rere.sampler.completions import ItemLists, named_items, resolve_eos_token_id
+from rere.sampler.completions import Decoding, ItemLists, named_items
 from rere.sampler import forced_replay
-from rere.sampler.exclusion import ExcludedItems
 from rere.sampler.kv_cache import PromptDecoder
 
 
@@ -95,18 +94,11 @@ def beam_search(
             beam competition from those scores (`rere.sampler.forced_replay`) instead of
             decoding them one step at a time. Checked at the `stop_check_every` points.
     """
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be [prompts, length], got shape {tuple(input_ids.shape)}")
-    n_prompts = input_ids.shape[0]
-    device = input_ids.device
-    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
-    eos = resolve_eos_token_id(eos_token_id, index, model)
-    pad = eos if pad_token_id is None else pad_token_id
+    setup = Decoding.prepare(model, index, input_ids, attention_mask, max_new_tokens, exclude_items, eos_token_id,
+                             pad_token_id)
+    n_prompts, device, index, trie, max_new, excluded = (setup.n_prompts, setup.device, setup.index, setup.trie,
+                                                         setup.max_new, setup.excluded)
     beams = num_beams
-    index = index.to(device)
-    trie = index.tensors
-    max_new = max_new_tokens or index.max_depth
-    excluded = ExcludedItems.build(index, exclude_items, n_prompts) if exclude_items is not None else None
 
     def step(logits, states, scores, prompt_ids):
         if excluded is None:
@@ -115,8 +107,8 @@ def beam_search(
         children = excluded.mask(children, scores.shape[1], prompt_ids)
         return beam_topk(scores, children, 2 * beams, backend=backend)
 
-    decoder = PromptDecoder(model, input_ids, attention_mask, max_new, index.vocab_size, share_prompt)
-    search = _Search(n_prompts, beams, max_new, length_penalty, eos, device)
+    decoder = PromptDecoder(model, input_ids, setup.attention_mask, max_new, index.vocab_size, share_prompt)
+    search = _Search(n_prompts, beams, max_new, length_penalty, setup.eos, device)
     active = torch.arange(n_prompts, device=device)  # prompts the decoder still runs, in its row order
     candidates = step(decoder.prompt_logits, index.root_states(n_prompts), torch.zeros(n_prompts, 1, device=device),
                       active)
@@ -145,7 +137,7 @@ def beam_search(
         found = step(logits, search.running_states.reshape(-1)[rows], search.running_scores[active], active)
         parents = search.advance(_for_all_prompts(found, active, n_prompts), t)
         decoder.reorder((parents[active] + torch.arange(active.numel(), device=device)[:, None] * beams).reshape(-1))
-    return search.output(index, pad, excluded)
+    return search.output(index, setup.pad, excluded)
 
 
 def _for_all_prompts(found: BeamCandidates, active: torch.Tensor, n_prompts: int) -> BeamCandidates:

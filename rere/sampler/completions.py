@@ -1,10 +1,43 @@
-"""What `beam_search` and `sample` share about their completions: the EOS that ends them and
-the catalog items each one names."""
+"""What `beam_search` and `sample` share: the setup of a constrained decode from their common
+arguments (`Decoding`), the EOS that ends completions and the catalog items each one names."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from rere.index import CatalogIndex
+from rere.index.tensors import TrieTensors
+from rere.sampler.exclusion import ExcludedItems
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """The arguments every constrained decode takes, checked and resolved once: `prepare`."""
+
+    n_prompts: int
+    device: torch.device
+    attention_mask: torch.Tensor  # [P, L] on the prompts' device
+    eos: int
+    pad: int
+    index: CatalogIndex  # on the prompts' device
+    trie: TrieTensors
+    max_new: int  # decode steps at most
+    excluded: ExcludedItems | None
+
+    @classmethod
+    def prepare(cls, model, index: CatalogIndex, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                max_new_tokens: int | None, exclude_items, eos_token_id: int | None,
+                pad_token_id: int | None) -> "Decoding":
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [prompts, length], got shape {tuple(input_ids.shape)}")
+        n_prompts, device = input_ids.shape[0], input_ids.device
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
+        eos = resolve_eos_token_id(eos_token_id, index, model)
+        index = index.to(device)
+        excluded = ExcludedItems.build(index, exclude_items, n_prompts) if exclude_items is not None else None
+        return cls(n_prompts, device, mask, eos, eos if pad_token_id is None else pad_token_id, index, index.tensors,
+                   max_new_tokens or index.max_depth, excluded)
 
 
 def resolve_eos_token_id(eos_token_id, index: CatalogIndex, model) -> int:

@@ -30,8 +30,7 @@ import torch
 from rere.index import CatalogIndex
 from rere.kernels import trie_masked_log_softmax
 from rere.kernels.trie_masked_log_softmax import segment_logsumexp
-from rere.sampler.completions import ItemLists, named_items, resolve_eos_token_id
-from rere.sampler.exclusion import ExcludedItems
+from rere.sampler.completions import Decoding, ItemLists, named_items
 from rere.sampler.kv_cache import PromptDecoder
 
 
@@ -109,21 +108,15 @@ def sample(
             result reproducible for the same inputs, device and backend.
         backend: kernels backend (`None`: Triton on CUDA, torch elsewhere).
     """
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be [prompts, length], got shape {tuple(input_ids.shape)}")
     _check_arguments(num_samples, temperature, top_k, top_p, max_new_tokens)
+    setup = Decoding.prepare(model, index, input_ids, attention_mask, max_new_tokens, exclude_items, eos_token_id,
+                             pad_token_id)
+    n_prompts, device, index, trie, max_new, excluded = (setup.n_prompts, setup.device, setup.index, setup.trie,
+                                                         setup.max_new, setup.excluded)
+    eos, pad = setup.eos, setup.pad
     temperature = float(temperature)
-    n_prompts = input_ids.shape[0]
-    device = input_ids.device
-    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
-    eos = resolve_eos_token_id(eos_token_id, index, model)
-    pad = eos if pad_token_id is None else pad_token_id
     samples = num_samples
     rows = n_prompts * samples
-    index = index.to(device)
-    trie = index.tensors
-    max_new = max_new_tokens or index.max_depth
-    excluded = ExcludedItems.build(index, exclude_items, n_prompts) if exclude_items is not None else None
     draw = _Uniforms(generator, device)
 
     def children_of(logits, states, rows_per_prompt):
@@ -142,7 +135,7 @@ def sample(
     end_states = torch.full((rows,), CatalogIndex.INVALID, dtype=torch.int64, device=device)
     done = torch.zeros(rows, dtype=torch.bool, device=device)
 
-    decoder = PromptDecoder(model, input_ids, attention_mask, max_new, index.vocab_size)
+    decoder = PromptDecoder(model, input_ids, setup.attention_mask, max_new, index.vocab_size)
     decoder.expand(samples)  # every sample of a prompt starts from the prompt's one row
     # Step 0 scores and filters the P prompt rows once (all G samples of a prompt share the
     # root and the logits) and draws G times from each; later steps draw once per row.
