@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rere.data.dataset import Dataset
+from rere.data.examples import training_examples
 from rere.files import write_atomically
 from rere.metrics import identifier_groups, ranking_metrics
 from rere.rporec.config import Stage1Config
@@ -43,7 +44,7 @@ from rere.rporec.reasoning import ReasoningCache, reasoning_prompter, user_seque
 from rere.rporec.rec_head import RecHead, RecHeadConfig
 from rere.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_pretrained
 from rere.trainer.config import config_to_dict, save_config
-from rere.data.examples import training_examples
+from rere.trainer.lora import with_lora
 from rere.trainer.metrics_log import MetricsLog, plot_metrics
 
 PANELS = (("train", "loss"), ("valid", "ndcg@10"), ("valid", "hr@10"), ("train", "format_rate"))
@@ -163,8 +164,7 @@ def train_stage1(model, tokenizer, dataset: Dataset, config: Stage1Config, run_d
                                                                               pooling=cfg.pooling, pad_token_id=pad,
                                                                               desc=f"user states ({n})" if progress else None))
     else:
-        from peft import LoraConfig, get_peft_model
-        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear"))
+        model = with_lora(model, cfg.lora_r, cfg.lora_alpha)
         model.train()
         parameters.append({"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lora_lr})
     optimizer = torch.optim.AdamW(parameters, weight_decay=cfg.weight_decay)

@@ -35,6 +35,7 @@ from rere.trainer.config import config_to_dict, save_config
 from rere.trainer.distributed import Distributed, lockstep, no_sync, shard, unwrap, wrap_model
 from rere.trainer.grpo_config import LOSS_TYPES, GRPOSettings
 from rere.trainer.grpo_loss import grpo_loss
+from rere.trainer.lora import with_lora
 from rere.trainer.metrics_log import DEFAULT_PANELS, MetricsLog, plot_metrics
 from rere.trainer.packed_logprobs import CompletionScorer, pack_groups
 from rere.trainer.rewards import group_advantages
@@ -81,9 +82,7 @@ class GRPOLoop:
         # fp32 weights, bf16 autocast: AdamW's 1e-5-sized updates would round away in bf16 weights.
         self.use_bf16 = config.bf16 if config.bf16 is not None else self.device.type == "cuda"
         if config.lora_r:
-            from peft import LoraConfig, get_peft_model
-            model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
-                                                     target_modules="all-linear", task_type="CAUSAL_LM"))
+            model = with_lora(model, config.lora_r, config.lora_alpha)
         self.model = model.to(self.device)
         self.examples, self.valid = examples, valid
         self.reference = None

@@ -56,14 +56,12 @@ from rere.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_che
 from rere.trainer.config import config_to_dict, save_config
 from rere.trainer.distributed import Distributed, lockstep, no_sync, wrap_model
 from rere.data.examples import train_sample, training_examples
+from rere.trainer.lora import with_lora
 from rere.trainer.metrics_log import MetricsLog, plot_metrics
 from rere.trainer.packed_logprobs import head_logprobs
 from rere.trainer.sft_config import BEST_METRIC, SFTConfig
 from rere.trainer.sft_data import batch_order, collate, optimizer_steps, steps_per_epoch, tokenize_examples
 from rere.trainer.validation import validate_on_ranks
-
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
 
 # Fields that may change when resuming: they do not alter the weights a step produces
 # (max_steps does: it sets the schedule's length).
@@ -114,9 +112,7 @@ def train_sft(model, tokenizer, dataset: Dataset, config: SFTConfig, run_dir, *,
     dist.barrier()  # every rank has looked at the folder before rank 0 writes into it
     torch.manual_seed(cfg.seed)  # LoRA's initialisation
     if cfg.lora_r:
-        from peft import LoraConfig, get_peft_model
-        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                                 target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM"))
+        model = with_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
     model.to(device).train()
 
     prompter, index, train, valid = _data(dataset, tokenizer, cfg, template, model.config.vocab_size, dist.is_main)

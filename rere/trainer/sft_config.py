@@ -22,7 +22,7 @@ class SFTConfig:
     max_grad_norm: float = setting("gradient clipping by global norm", default=1.0)
     max_steps: int | None = setting("run at most this many optimizer steps: the warmup and cosine decay span "
                                   "them, or `epochs` when those make fewer steps", default=None)
-    lora_r: int = setting("LoRA rank on the attention and MLP projections (0 = full fine-tuning)", default=0)
+    lora_r: int = setting("LoRA rank on every linear layer of the decoder (0 = full fine-tuning)", default=0)
     lora_alpha: int = setting("LoRA alpha", default=32)
     lora_dropout: float = setting("LoRA dropout", default=0.0)
     fsdp: bool = setting("under torchrun, shard the model over the ranks with FSDP2 (models that do not fit one "
