@@ -42,6 +42,7 @@ from safetensors.torch import save_file, save_model
 from torch import nn
 
 from rere.files import check_format, write_atomically, write_folder_atomically
+from rere.trainer.distributed import global_rank, has_sharded_parts, process_group_ready, unwrap
 
 FORMAT, VERSION = "rere-checkpoint", 1
 LATEST = "latest"
@@ -88,7 +89,7 @@ def save_checkpoint(run_dir: str | os.PathLike, *, step: int, model: nn.Module, 
             (staging / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
     def write_rng() -> None:
-        path = staging / f"rng-rank{_rank()}.pt"
+        path = staging / f"rng-rank{global_rank()}.pt"
         torch.save(_rng_state(), path)
         _fsync(path)  # rank 0's flush below may not reach another host's writes
 
@@ -155,7 +156,7 @@ def save_pretrained(model, tokenizer, folder: Path) -> None:
     rank when distributed: an FSDP-sharded model is gathered first (a collective), then
     rank 0 writes."""
     state_dict = None
-    if _is_fsdp(model):
+    if has_sharded_parts(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
         state_dict = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     elif hasattr(model, "merge_and_unload"):
@@ -174,14 +175,14 @@ def _gather(model: nn.Module, optimizer) -> tuple[Callable[[Path], None], dict |
     FSDP shards are gathered here into full CPU tensors on rank 0 (other ranks get empty
     states); an unsharded model is read by `save_model` itself, which drops tied aliases.
     """
-    if _is_fsdp(model):
+    if has_sharded_parts(model):
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                              get_optimizer_state_dict)
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         weights = get_model_state_dict(model, options=options)
         optimizer_state = get_optimizer_state_dict(model, optimizer, options=options) if optimizer else None
         return (lambda path: _save_full_state(model, weights, path)), optimizer_state
-    module = _unwrap(model)
+    module = unwrap(model)
     optimizer_state = optimizer.state_dict() if optimizer is not None else None
     return (lambda path: save_model(module, str(path))), optimizer_state
 
@@ -286,12 +287,12 @@ def _read_weights(path: Path, device: str) -> dict[str, torch.Tensor]:
 def _load_weights(path: Path, model: nn.Module, device: str) -> None:
     weights = _read(path, lambda p: _read_weights(p, device))
     try:
-        if _is_fsdp(model):
+        if has_sharded_parts(model):
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
             result = set_model_state_dict(model, weights,
                                           options=StateDictOptions(full_state_dict=True, strict=False))
         else:
-            result = _unwrap(model).load_state_dict(weights, strict=False)
+            result = unwrap(model).load_state_dict(weights, strict=False)
     except RuntimeError as error:  # shape mismatches
         raise ValueError(f"{path} does not fit the model: {error}") from error
     if result.missing_keys or result.unexpected_keys:
@@ -302,7 +303,7 @@ def _load_weights(path: Path, model: nn.Module, device: str) -> None:
 def _load_optimizer(path: Path, model: nn.Module, optimizer, map_location) -> None:
     state = _read(path, _torch_loader(map_location))
     try:
-        if _is_fsdp(model):
+        if has_sharded_parts(model):
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
             set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
         else:
@@ -312,7 +313,7 @@ def _load_optimizer(path: Path, model: nn.Module, optimizer, map_location) -> No
 
 
 def _restore_rng(folder: Path) -> None:
-    path = folder / f"rng-rank{_rank()}.pt"
+    path = folder / f"rng-rank{global_rank()}.pt"
     if not path.exists():  # resumed on more ranks than were saved
         warnings.warn(f"{path} does not exist: this rank's random generators are not restored")
         return
@@ -335,43 +336,16 @@ def _step_of(folder: Path) -> int:
     return int(_NAME.fullmatch(folder.name).group(1))
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DDP/DataParallel, whose parameter names carry no `module.` prefix."""
-    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
-
-
-def _is_fsdp(model: nn.Module) -> bool:
-    """Whether any part of the model is sharded by FSDP (the wrapper or fully_shard)."""
-    if not _distributed():  # FSDP needs a process group; skips importing it otherwise
-        return False
-    from torch.distributed.fsdp import FullyShardedDataParallel
-    kinds: tuple[type, ...] = (FullyShardedDataParallel,)
-    try:
-        from torch.distributed.fsdp import FSDPModule  # public since torch 2.6
-        kinds += (FSDPModule,)
-    except ImportError:
-        pass
-    return any(isinstance(module, kinds) for module in model.modules())
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _rank() -> int:
-    return dist.get_rank() if _distributed() else 0
-
-
 def _step(action: Callable[[], None], every_rank: bool = False) -> None:
     """Run `action` on rank 0 (or every rank), then wait for all ranks. A rank's failure
     reaches every rank as an exception, so none waits forever at a later collective."""
     error = None
-    if every_rank or _rank() == 0:
+    if every_rank or global_rank() == 0:
         try:
             action()
         except Exception as caught:  # re-raised below, after the other ranks have heard of it
             error = caught
-    if _distributed():
+    if process_group_ready():
         device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
         failed = torch.tensor([error is not None], dtype=torch.int32, device=device)
         dist.all_reduce(failed, op=dist.ReduceOp.MAX)

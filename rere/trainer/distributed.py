@@ -163,9 +163,34 @@ def lockstep(root: torch.nn.Module, dist: Distributed):
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module DDP wraps (an FSDP2 module is its own)."""
-    from torch.nn.parallel import DistributedDataParallel
-    return model.module if isinstance(model, DistributedDataParallel) else model
+    """The module DDP (or DataParallel) wraps, whose parameter names carry no `module.`
+    prefix (an FSDP2 module is its own)."""
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+    return model.module if isinstance(model, (DistributedDataParallel, DataParallel)) else model
+
+
+def has_sharded_parts(model: torch.nn.Module) -> bool:
+    """Whether any part of the model is sharded by FSDP (the FSDP1 wrapper or fully_shard),
+    so that its full weights must be gathered (a collective) before they are saved."""
+    if not process_group_ready():  # FSDP needs a process group; skips importing it otherwise
+        return False
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    kinds: tuple[type, ...] = (FullyShardedDataParallel,)
+    try:
+        from torch.distributed.fsdp import FSDPModule  # public since torch 2.6
+        kinds += (FSDPModule,)
+    except ImportError:
+        pass
+    return any(isinstance(module, kinds) for module in model.modules())
+
+
+def process_group_ready() -> bool:
+    return torch_dist.is_available() and torch_dist.is_initialized()
+
+
+def global_rank() -> int:
+    """This process's rank in the default group (0 when not distributed)."""
+    return torch_dist.get_rank() if process_group_ready() else 0
 
 
 def no_sync(module):
