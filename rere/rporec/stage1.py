@@ -46,6 +46,7 @@ from rere.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_che
 from rere.trainer.config import config_to_dict, save_config
 from rere.trainer.lora import with_lora
 from rere.trainer.metrics_log import MetricsLog, plot_metrics
+from rere.trainer.validation import record_validation
 
 PANELS = (("train", "loss"), ("valid", "ndcg@10"), ("valid", "hr@10"), ("train", "format_rate"))
 VALIDATION_KS = (5, 10, 20, 50)
@@ -188,12 +189,8 @@ def train_stage1(model, tokenizer, dataset: Dataset, config: Stage1Config, run_d
                 valid_states = encode_all(model, valid.sequences, valid.starts, pooling=cfg.pooling, pad_token_id=pad)
         metrics = head_metrics(head, valid_states, valid.targets, catalog)
         log.log(epoch, metrics, split="valid")
-        if state["best"] is None or metrics["ndcg@10"] > state["best"]["ndcg@10"]:
-            state["best"], state["bad_evals"] = {"epoch": epoch, **metrics}, 0
+        if record_validation(state, metrics, {"epoch": epoch}, cfg.patience):
             _save_best(head, model, tokenizer, run, provenance, frozen)
-        else:
-            state["bad_evals"] += 1
-            state["stopped_early"] = bool(cfg.patience) and state["bad_evals"] >= cfg.patience
 
     bar = tqdm(total=cfg.epochs, initial=epoch, desc="RecHead", unit="epoch", disable=not progress)
     while epoch < cfg.epochs and not state["stopped_early"]:

@@ -61,7 +61,7 @@ from rere.trainer.metrics_log import MetricsLog, plot_metrics
 from rere.trainer.packed_logprobs import head_logprobs
 from rere.trainer.sft_config import BEST_METRIC, SFTConfig
 from rere.trainer.sft_data import batch_order, collate, optimizer_steps, steps_per_epoch, tokenize_examples
-from rere.trainer.validation import validate_on_ranks
+from rere.trainer.validation import record_validation, validate_on_ranks
 
 # Fields that may change when resuming: they do not alter the weights a step produces
 # (max_steps does: it sets the schedule's length).
@@ -154,12 +154,8 @@ def train_sft(model, tokenizer, dataset: Dataset, config: SFTConfig, run_dir, *,
                                     batch_size=cfg.batch_size, local=lambda: lockstep(loss_fn, dist))
         log.log(step, metrics, split="valid")
         state["evaluated"], state["final"] = step, metrics
-        if state["best"] is None or metrics[BEST_METRIC] > state["best"][BEST_METRIC]:
-            state["best"], state["bad_evals"] = {"step": step, **metrics}, 0
+        if record_validation(state, metrics, {"step": step}, cfg.patience, BEST_METRIC):
             save_pretrained(model, tokenizer, run_dir / "best")  # every rank: a sharded model is gathered
-        else:
-            state["bad_evals"] += 1
-            state["stopped_early"] = bool(cfg.patience) and state["bad_evals"] >= cfg.patience
 
     def save() -> None:
         save_checkpoint(run_dir, step=step, model=model, optimizer=optimizer, scheduler=scheduler,

@@ -1,7 +1,8 @@
 """Periodic validation for the trainers (SFT and GRPO): rank held-out examples with
 constrained beam search, exactly as `rere evaluate` does (`rere.evaluation.rank_prompts`),
 and score them with `rere.metrics.ranking_metrics`. Keys are its names in lower case
-("hr@5", "ndcg@10", ...; the trainers' metrics logs and plots use these) plus "invalid_rate"."""
+("hr@5", "ndcg@10", ...; the trainers' metrics logs and plots use these) plus "invalid_rate".
+Early stopping on those validations, the same in every trainer: `record_validation`."""
 from __future__ import annotations
 
 import contextlib
@@ -57,3 +58,17 @@ def validate_on_ranks(model, tokenizer, index: CatalogIndex, catalog: Catalog, p
     count = metrics.pop("examples")
     means = dist.mean({**{k: v * count for k, v in metrics.items()}, "examples": count})
     return {k: means[k] / means["examples"] for k in metrics}
+
+
+def record_validation(state: dict, metrics: dict, at: dict, patience: int, metric: str = "ndcg@10") -> bool:
+    """Early stopping, as every trainer here does it: update the run's `state` ({"best",
+    "bad_evals", "stopped_early"}, checkpointed with the run) with a validation's `metrics`
+    taken at `at` (e.g. {"step": 200}); True when they are the best so far by `metric` (the
+    caller saves best/ then). After `patience` validations in a row without a better one
+    (0: never) the state says stopped_early."""
+    if state["best"] is None or metrics[metric] > state["best"][metric]:
+        state["best"], state["bad_evals"] = {**at, **metrics}, 0
+        return True
+    state["bad_evals"] += 1
+    state["stopped_early"] = bool(patience) and state["bad_evals"] >= patience
+    return False
