@@ -189,7 +189,7 @@ def test_both_stages_and_evaluation_on_the_shared_amazon_split(qwen2, tmp_path):
         pytest.skip(f"real data not found at {SHARED}: put ../shared/data beside the checkout")
     dataset = load_rere_csv(SHARED)
     model = tiny_model("llama", len(qwen2), seed=1)
-    config = Stage1Config(**{**STAGE1, "max_new_tokens": 8, "max_train_examples": 64, "eval_examples": 16,
+    config = Stage1Config(**{**STAGE1, "max_new_tokens": 8, "train_examples": 64, "eval_examples": 16,
                              "epochs": 2, "batch_size": 32, "random_negatives": 64})
     result = train_stage1(model, qwen2, dataset, config, tmp_path / "one", progress=False)
     head = RecHead.load(tmp_path / "one" / "head")

@@ -34,7 +34,8 @@ class Stage1Config:
                         default=0)
     lora_alpha: int = setting("LoRA alpha", default=32)
     lora_lr: float = setting("learning rate of the LoRA adapters", default=1e-4)
-    max_train_examples: int | None = setting("train on a seeded random sample of this many examples", default=None)
+    train_examples: int | None = setting("train on a seeded random sample of this many training examples "
+                                         "(None: all of them)", default=None)
     max_history: int = setting("history items per prompt", default=10)
     max_prompt_tokens: int | None = setting("drop the oldest history items beyond this prompt length", default=None)
     evaluated_split: str = setting("the split the model will be tested on (never trained on)", default="test")

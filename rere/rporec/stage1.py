@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import random
 import time
 from pathlib import Path
 
@@ -34,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from rere.data.dataset import Dataset
-from rere.data.examples import training_examples
+from rere.data.dataset import Dataset, sample_examples
+from rere.data.examples import train_sample, training_examples
 from rere.files import write_atomically
 from rere.metrics import identifier_groups, ranking_metrics
 from rere.rporec.config import Stage1Config
@@ -132,10 +131,9 @@ def train_stage1(model, tokenizer, dataset: Dataset, config: Stage1Config, run_d
     base_fingerprint = model_fingerprint(model)
 
     data = training_examples(dataset, cfg.evaluated_split, cfg.max_history)
-    train_examples = data.train
-    if cfg.max_train_examples is not None and cfg.max_train_examples < len(train_examples):
-        train_examples = random.Random(cfg.seed).sample(train_examples, cfg.max_train_examples)
-    valid_examples = data.valid[:cfg.eval_examples]
+    # the same seeded draws as every trainer's (the first N rows would be one or two users)
+    train_examples = train_sample(data.train, cfg.train_examples, cfg.seed)
+    valid_examples = sample_examples(data.valid, cfg.eval_examples, cfg.seed)
     with autocast():
         train = build_user_texts(model, tokenizer, dataset, train_examples, cfg, run / "reasonings" / "train",
                                  do_sample=True, progress=progress, desc="reasoning (train)")
