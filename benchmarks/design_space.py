@@ -93,13 +93,17 @@ class Study:
             argv += [f"--{k.replace('_', '-')}={v}" for k, v in flags.items()]
             argv += ["--seed", str(seed)] if seed is not None else []
             demo._run_command(argv)
-            _write(folder / "seconds.json", time.perf_counter() - started)
+            demo._write_json(folder / "seconds.json", time.perf_counter() - started)
         return self.scored(folder)
 
     def sft(self) -> dict:
+        import torch
+
+        from rere.models import load_model
+
         folder = self.out / "sft"
         if not (folder / "metrics.json").exists():
-            self.evaluate(self.demo_dir / "sft" / "best", folder, "SFT")
+            self.evaluate(*load_model(str(self.demo_dir / "sft" / "best"), None, torch.float32), folder, "SFT")
         return self.scored(folder)
 
     def grpo(self, name: str, config: GRPOConfig) -> dict:
@@ -107,7 +111,6 @@ class Study:
 
         from rere.models import load_model
         from rere.trainer.grpo import GRPOTrainer
-        from rere.trainer.metrics_log import read_metrics
 
         run = self.out / slug(name) / f"seed-{config.seed}"
         if not (run / "test" / "metrics.json").exists():
@@ -117,28 +120,17 @@ class Study:
             model, tokenizer = load_model(str(self.demo_dir / "sft" / "best"), None, torch.float32)
             trainer = GRPOTrainer(model, tokenizer, self.dataset, config, run / "train", template=self.template)
             trainer.run()
-            seconds = time.perf_counter() - started
-            steps = [r for r in read_metrics(run / "train" / "metrics.jsonl") if r.get("split") == "train"]
-            _write(run / "train" / "summary.json", {"seconds": seconds, "in_group_hit_rate": statistics.mean(
-                r["in_group_hit_rate"] for r in steps)})
+            demo._write_json(run / "train" / "summary.json", {
+                "seconds": time.perf_counter() - started,
+                "in_group_hit_rate": statistics.mean(demo.in_group_hit_rates(run / "train"))})
             demo._drop_checkpoints(run / "train")
-            self.evaluate(trainer.model.eval(), run / "test", name)
+            self.evaluate(trainer.model.eval(), tokenizer, run / "test", name)
         summary = json.loads((run / "train" / "summary.json").read_text())
         return {**self.scored(run / "test"), **summary}
 
-    def evaluate(self, model, folder: Path, name: str) -> None:
-        import torch
-
+    def evaluate(self, model, tokenizer, folder: Path, name: str) -> None:
         from rere.evaluation import evaluate
-        from rere.models import load_model
 
-        tokenizer = None
-        if isinstance(model, Path):
-            model, tokenizer = load_model(str(model), None, torch.float32)
-        else:
-            from rere.tokenizers import load_tokenizer
-
-            tokenizer = load_tokenizer(str(self.demo_dir / "sft" / "best"))
         evaluate(model, tokenizer, self.dataset, folder, "test", num_beams=self.beams, template=self.template,
                  limit=self.limit, sample_seed=demo.EVAL_SAMPLE_SEED, name=name)
 
@@ -183,7 +175,7 @@ def write_table(out: Path, rows: dict[str, list[dict]], base: GRPOConfig, args, 
             "NDCG@10 - SFT lies above / below 0.")
     text = head + "\n\n" + "\n".join(lines) + "\n"
     (out / "design_space.md").write_text(text)
-    _write(out / "design_space.json", {"rows": summary, "steps": args.steps, "seeds": args.seeds,
+    demo._write_json(out / "design_space.json", {"rows": summary, "steps": args.steps, "seeds": args.seeds,
                                        "base": dataclasses.asdict(base), "variants": VARIANTS})
     print(text)
     return summary
@@ -191,11 +183,6 @@ def write_table(out: Path, rows: dict[str, list[dict]], base: GRPOConfig, args, 
 
 def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
-
-
-def _write(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -380,7 +380,6 @@ def run_rere(sft_model: Path, data: Path, folder: Path, settings: DemoSettings, 
     from rere.data import Dataset
     from rere.models import load_model
     from rere.trainer.grpo import GRPOTrainer
-    from rere.trainer.metrics_log import read_metrics
     from rere.trainer.sft import save_pretrained
 
     # fp32 weights whatever the device: the trainer autocasts to bf16 on CUDA, and AdamW's
@@ -391,12 +390,11 @@ def run_rere(sft_model: Path, data: Path, folder: Path, settings: DemoSettings, 
                           progress=True)
     result = trainer.run(resume=resume)
     save_pretrained(trainer.model, tokenizer, folder / "final")
-    steps = [r for r in read_metrics(folder / "metrics.jsonl") if r.get("split") == "train"]
-    rates = [r["in_group_hit_rate"] for r in steps]
+    rates = in_group_hit_rates(folder)
     learning = sum(rate > 0 for rate in rates)
     # A group whose G items miss the target has all rewards 0, hence no advantage and no gradient.
     print(f"ReRe: the target was among the {settings.grpo.num_generations} beams of {_mean(rates):.1%} of the "
-          f"prompts (per step {min(rates, default=0):.0%}-{max(rates, default=0):.0%}); {learning} of {len(steps)} "
+          f"prompts (per step {min(rates, default=0):.0%}-{max(rates, default=0):.0%}); {learning} of {len(rates)} "
           "steps had such a group (a group without the target has no gradient)", flush=True)
     _write_json(folder / "result.json", {**result, "steps_with_signal": learning,
                                          "in_group_hit_rate": {"mean": _mean(rates), "min": min(rates, default=0.0),
@@ -417,6 +415,14 @@ def run_evaluation(model_dir: Path, data: Path, folder: Path, settings: DemoSett
     evaluate(model, tokenizer, Dataset.load(data), folder, "test", num_beams=settings.eval_beams, template=template,
              max_prompt_tokens=settings.max_prompt_tokens, limit=settings.eval_examples,
              sample_seed=EVAL_SAMPLE_SEED, name=name)
+
+
+def in_group_hit_rates(run: Path) -> list[float]:
+    """Per GRPO step of the run in `run`: the share of its prompts whose rollout group held the
+    target (only those groups have a gradient)."""
+    from rere.trainer.metrics_log import read_metrics
+
+    return [r["in_group_hit_rate"] for r in read_metrics(run / "metrics.jsonl") if r.get("split") == "train"]
 
 
 def _mean(values: list[float]) -> float:
@@ -529,7 +535,7 @@ def write_results(out: Path, settings: DemoSettings, origin: dict, timings: "_Ti
     sft, rere = _read_json(out / "sft" / "result.json"), _read_json(out / "rere" / "result.json")
     columns = [f"{m}@{k}" for k in TABLE_KS for m in ("HR", "NDCG")]
     described = describe_stages(settings, stages)
-    hit_rate = rere.get("in_group_hit_rate", {"mean": 0.0, "min": 0.0, "max": 0.0})
+    hit_rate = rere["in_group_hit_rate"]
     results = {
         "table": {name: {c: m[c] for c in columns} for name, m in metrics.items()},
         "differences": differences,
