@@ -29,7 +29,10 @@ import sys
 import time
 from pathlib import Path
 
-from rere.commands import demo
+from rere.demo.presets import EVAL_SAMPLE_SEED
+from rere.demo.results import in_group_hit_rates
+from rere.demo.stages import drop_checkpoints, run_command
+from rere.files import write_json
 from rere.trainer.grpo_config import GRPOConfig
 
 # One factor changed from the base (the demo's settings: beam search, rule + ranking, G = 16, grpo).
@@ -92,8 +95,8 @@ class Study:
                     "--k", str(self.beams), "--limit", str(self.limit)]
             argv += [f"--{k.replace('_', '-')}={v}" for k, v in flags.items()]
             argv += ["--seed", str(seed)] if seed is not None else []
-            demo._run_command(argv)
-            demo._write_json(folder / "seconds.json", time.perf_counter() - started)
+            run_command(argv)
+            write_json(folder / "seconds.json", time.perf_counter() - started)
         return self.scored(folder)
 
     def sft(self) -> dict:
@@ -120,10 +123,10 @@ class Study:
             model, tokenizer = load_model(str(self.demo_dir / "sft" / "best"), None, torch.float32)
             trainer = GRPOTrainer(model, tokenizer, self.dataset, config, run / "train", template=self.template)
             trainer.run()
-            demo._write_json(run / "train" / "summary.json", {
+            write_json(run / "train" / "summary.json", {
                 "seconds": time.perf_counter() - started,
-                "in_group_hit_rate": statistics.mean(demo.in_group_hit_rates(run / "train"))})
-            demo._drop_checkpoints(run / "train")
+                "in_group_hit_rate": statistics.mean(in_group_hit_rates(run / "train"))})
+            drop_checkpoints(run / "train")
             self.evaluate(trainer.model.eval(), tokenizer, run / "test", name)
         summary = json.loads((run / "train" / "summary.json").read_text())
         return {**self.scored(run / "test"), **summary}
@@ -132,7 +135,7 @@ class Study:
         from rere.evaluation import evaluate
 
         evaluate(model, tokenizer, self.dataset, folder, "test", num_beams=self.beams, template=self.template,
-                 limit=self.limit, sample_seed=demo.EVAL_SAMPLE_SEED, name=name)
+                 limit=self.limit, sample_seed=EVAL_SAMPLE_SEED, name=name)
 
     def scored(self, folder: Path) -> dict:
         """HR@10, NDCG@10 and the paired NDCG@10 difference to SFT with its interval."""
@@ -175,8 +178,8 @@ def write_table(out: Path, rows: dict[str, list[dict]], base: GRPOConfig, args, 
             "NDCG@10 - SFT lies above / below 0.")
     text = head + "\n\n" + "\n".join(lines) + "\n"
     (out / "design_space.md").write_text(text)
-    demo._write_json(out / "design_space.json", {"rows": summary, "steps": args.steps, "seeds": args.seeds,
-                                       "base": dataclasses.asdict(base), "variants": VARIANTS})
+    write_json(out / "design_space.json", {"rows": summary, "steps": args.steps, "seeds": args.seeds,
+                                           "base": dataclasses.asdict(base), "variants": VARIANTS})
     print(text)
     return summary
 

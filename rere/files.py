@@ -36,6 +36,17 @@ def write_atomically(path: str | os.PathLike, content: str | Iterable[str] | Cal
         raise
 
 
+def write_json(path: str | os.PathLike, data) -> None:
+    """`data` as indented JSON in `path`, written atomically; its folder is made if missing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_json(path: str | os.PathLike):
+    return json.loads(Path(path).read_text())
+
+
 def write_folder_atomically(folder: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
     """Build a folder aside (`fill(staging)`) and rename it into place, replacing any folder
     there: readers see the old folder or the new one, never half of one; a failing `fill`
@@ -71,12 +82,13 @@ def check_settings(path: str | os.PathLike, settings: dict, what: str = "a run")
             raise ValueError(f"{path.parent} holds {what} with other settings ({', '.join(changed)} differ): "
                              "use another output folder or delete it")
     else:
-        write_atomically(path, json.dumps(settings, indent=2) + "\n")
+        write_json(path, settings)
 
 
-def complete_jsonl_lines(path: str | os.PathLike, key: str = "example") -> dict:
+def complete_jsonl_lines(path: str | os.PathLike, key: str = "example", repair: bool = True) -> dict:
     """The complete lines of an append-only JSONL file, by their `key` field. A torn last
-    line (from an interrupted run) is cut off, so that appending continues cleanly."""
+    line (from an interrupted run) is cut off, so that appending continues cleanly; not
+    with `repair=False` (a file another process may be appending to)."""
     path = Path(path)
     if not path.exists():
         return {}
@@ -91,7 +103,7 @@ def complete_jsonl_lines(path: str | os.PathLike, key: str = "example") -> dict:
                 break
             done[line[key]] = line
             good_bytes += len(raw)
-    if good_bytes < path.stat().st_size:
+    if repair and good_bytes < path.stat().st_size:
         with open(path, "r+b") as f:
             f.truncate(good_bytes)
     return done

@@ -8,7 +8,7 @@ import torch
 
 from rere.models import load_model
 from rere.data import Dataset
-from rere.trainer.distributed import init_distributed, unwrap
+from rere.distributed import init_distributed, unwrap
 from rere.trainer.grpo import GRPOConfig, GRPOTrainer
 
 data, model_dir, run_dir, mode = sys.argv[1:5]

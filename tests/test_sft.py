@@ -316,7 +316,7 @@ DDP_SCRIPT = """
 import sys, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from rere.data import Dataset
-from rere.trainer.distributed import init_distributed
+from rere.distributed import init_distributed
 from rere.trainer.sft import SFTConfig, train_sft
 
 folder, mode = sys.argv[1:3]

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from rere.catalog import Catalog
 from rere.data.dataset import Example
-from rere.files import check_format, write_atomically
+from rere.files import check_format, write_atomically, write_json
 
 FORMAT, VERSION = "rere-sasrec", 1
 RANK_BATCH = 512  # histories scored at once: a [batch, catalog] score matrix
@@ -236,7 +236,7 @@ class SASRec:
         info = {"format": FORMAT, "version": VERSION, "items": len(self.catalog),
                 "catalog_sha256": _fingerprint(self.catalog), "config": asdict(self.config)}
         write_atomically(folder / "model.pt", lambda f: torch.save(self.net.state_dict(), f))
-        write_atomically(folder / "config.json", lambda f: f.write((json.dumps(info, indent=2) + "\n").encode()))
+        write_json(folder / "config.json", info)
         return folder
 
     @classmethod

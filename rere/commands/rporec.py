@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rere.commands.train import settings_from
 from rere.rporec.config import Stage1Config, Stage2Config
 from rere.trainer.config import add_config_arguments
 
@@ -47,17 +48,12 @@ def _common(parser: argparse.ArgumentParser, *, model_required: bool) -> None:
 
 
 def _doc(module: str) -> str:
-    import importlib
+    """A module's docstring, read from its source: importing the stage would load torch and
+    transformers for every `rere` call (the CLI builds all its parsers at start-up)."""
+    import ast
+    import importlib.util
 
-    return importlib.import_module(module).__doc__
-
-
-def _config(args, cls):
-    from rere.trainer.config import load_config, overrides_from_args
-
-    saved = Path(args.out) / "config.yaml"
-    config_file = args.config or (saved if args.resume and saved.exists() else None)
-    return load_config(cls, config_file, overrides_from_args(args, cls))
+    return ast.get_docstring(ast.parse(Path(importlib.util.find_spec(module).origin).read_text()))
 
 
 def run_stage1(args: argparse.Namespace) -> None:
@@ -66,17 +62,15 @@ def run_stage1(args: argparse.Namespace) -> None:
     from rere.models import load_model
     from rere.data import Dataset
     from rere.rporec.stage1 import train_stage1
+    from rere.trainer.training_run import describe_best
 
-    config = _config(args, Stage1Config)
+    config = settings_from(args, Stage1Config)
     model, tokenizer = load_model(args.model, args.tokenizer, torch.float32)
     spec = args.model if args.model == "smollm2" else str(Path(args.model).resolve())
     result = train_stage1(model, tokenizer, Dataset.load(args.data), config, args.out, resume=args.resume,
                           encoder_spec=spec)
-    best = result["best"]
-    found = (f"best validation ndcg@10 {best['ndcg@10']:.4f} at epoch {best['epoch']}" if best and "ndcg@10" in best
-             else "no validation examples: the last epoch's head")
-    print(f"trained the RecHead for {result['epochs']} epochs ({found}; well-formed reasoning "
-          f"{result['format_rate']:.0%}); wrote {result['head']}")
+    print(f"trained the RecHead for {result['epochs']} epochs ({describe_best(result, 'epoch')}; well-formed "
+          f"reasoning {result['format_rate']:.0%}); wrote {result['head']}")
 
 
 def run_stage2(args: argparse.Namespace) -> None:
@@ -86,18 +80,18 @@ def run_stage2(args: argparse.Namespace) -> None:
     from rere.data import Dataset
     from rere.rporec.rec_head import RecHead
     from rere.rporec.stage2 import Stage2Trainer
-    from rere.trainer.distributed import init_distributed
+    from rere.trainer.training_run import describe_best
+    from rere.distributed import init_distributed
 
-    config = _config(args, Stage2Config)
+    config = settings_from(args, Stage2Config)
     dist = init_distributed(config.device)
     head = RecHead.load(args.head, device=dist.device)
     model, tokenizer = load_model(encoder_spec(head, args.model), args.tokenizer, torch.float32)
     trainer = Stage2Trainer(model, tokenizer, Dataset.load(args.data), head, config, args.out, dist=dist)
     result = trainer.run(resume=args.resume)
     if dist.is_main:
-        best = result["best"]
-        print(f"trained {result['steps']} steps (best validation ndcg@10 {best['ndcg@10']:.4f} at step "
-              f"{best['step']}); wrote {args.out}/best, metrics.jsonl and metrics.png")
+        print(f"trained {result['steps']} steps ({describe_best(result)}); "
+              f"wrote {args.out}/best, metrics.jsonl and metrics.png")
 
 
 def encoder_spec(head, given: str | None) -> str:

@@ -27,12 +27,10 @@ def register(commands) -> None:
 def run(args: argparse.Namespace) -> None:
     from rere.commands.train import load_run_inputs
     from rere.trainer.sft import SFTConfig, train_sft
+    from rere.trainer.training_run import describe_best
 
     config, dataset, dist, model, tokenizer, template = load_run_inputs(args, SFTConfig)
     result = train_sft(model, tokenizer, dataset, config, args.out, dist=dist, resume=args.resume, template=template)
     if dist.is_main:
-        best = result["best"]
-        found = (f"best ndcg@10 {best['ndcg@10']:.4f} at step {best['step']}" if best
-                 else "no validation examples: best/ is the final model")
-        print(f"trained {result['steps']} steps ({'stopped early; ' if result['stopped_early'] else ''}{found}); "
+        print(f"trained {result['steps']} steps ({describe_best(result)}); "
               f"wrote {args.out}/best, metrics.jsonl and metrics.png")

@@ -39,33 +39,38 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from rere.trainer.grpo import GRPOTrainer
+    from rere.trainer.training_run import describe_best
 
     config, dataset, dist, model, tokenizer, template = load_run_inputs(args, GRPOConfig)
     result = GRPOTrainer(model, tokenizer, dataset, config, args.out, dist=dist, template=template).run(
         resume=args.resume)
     if dist.is_main:
-        best = result["best"]
-        found = (f"best validation ndcg@10 {best['ndcg@10']:.4f} at step {best['step']}" if best["ndcg@10"] >= 0
-                 else "no validation examples: best/ is the final model")
-        print(f"trained {result['steps']} steps ({found}); wrote {args.out}/best, metrics.jsonl and metrics.png")
+        print(f"trained {result['steps']} steps ({describe_best(result)}); "
+              f"wrote {args.out}/best, metrics.jsonl and metrics.png")
+
+
+def settings_from(args: argparse.Namespace, config_class):
+    """A trainer's settings: the dataclass defaults, then --config (with --resume and no
+    --config, the run folder's saved config.yaml), then the flags."""
+    from rere.trainer.config import load_config, overrides_from_args
+
+    saved = Path(args.out) / "config.yaml"
+    config_file = args.config or (saved if args.resume and saved.exists() else None)
+    return load_config(config_class, config_file, overrides_from_args(args, config_class))
 
 
 def load_run_inputs(args: argparse.Namespace, config_class):
     """(config, dataset, dist, model, tokenizer, template) for `rere sft` and `rere train`.
 
-    Settings: the dataclass defaults, then --config (with --resume and no --config, the run
-    folder's saved config.yaml), then the flags."""
+    Settings: `settings_from`."""
     import torch
 
     from rere.models import load_model
     from rere.data import Dataset
     from rere.prompts import PromptTemplate
-    from rere.trainer.config import load_config, overrides_from_args
-    from rere.trainer.distributed import init_distributed
+    from rere.distributed import init_distributed
 
-    saved = Path(args.out) / "config.yaml"
-    config_file = args.config or (saved if args.resume and saved.exists() else None)
-    config = load_config(config_class, config_file, overrides_from_args(args, config_class))
+    config = settings_from(args, config_class)
     dataset = Dataset.load(args.data)
     dist = init_distributed(config.device)
     # fp32 weights whatever the device: AdamW's small updates would round away in bf16 (bf16 is autocast).

@@ -10,6 +10,7 @@ with like. The trainers' `train_examples` setting keeps a seeded sample of them 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from rere.data.training_sequences import holdout_last, training_data
@@ -48,3 +49,13 @@ def train_sample(examples: list[Example], limit: int | None, seed: int) -> list[
     if limit is not None and limit < 1:
         raise ValueError(f"train_examples must be >= 1 or None (all of them), got {limit}")
     return sample_examples(examples, limit, seed)
+
+
+def examples_for(dataset: Dataset, settings) -> TrainingExamples:
+    """A trainer's rows as its settings (a `rere.trainer.run_settings.RunSettings`) choose
+    them: `training_examples` for `evaluated_split` and `max_history`, then a seeded sample
+    of `train_examples` training rows and one of `eval_examples` validation rows (the same
+    draws in every trainer)."""
+    data = training_examples(dataset, settings.evaluated_split, settings.max_history)
+    return dataclasses.replace(data, train=train_sample(data.train, settings.train_examples, settings.seed),
+                               valid=sample_examples(data.valid, settings.eval_examples, settings.seed))

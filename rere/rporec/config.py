@@ -7,13 +7,14 @@ from dataclasses import dataclass
 
 from rere.trainer.config import setting
 from rere.trainer.grpo_config import GRPOSettings
+from rere.trainer.run_settings import RunSettings
 
 
 @dataclass
-class Stage1Config:
+class Stage1Config(RunSettings):
     # reasoning, generated once per prompt and cached
     reasoning: bool = setting("generate reasoning (off: the head reads the prompt alone, the no-reasoning ablation)",
-                            default=True)
+                              default=True)
     max_new_tokens: int = setting("reasoning length limit, in tokens", default=128)
     reasoning_temperature: float = setting("sampling temperature of the reasoning (0 = greedy)", default=0.7)
     top_p: float = setting("nucleus sampling of the reasoning", default=0.95)
@@ -24,28 +25,20 @@ class Stage1Config:
     temperature: float = setting("softmax temperature of the cosine scores", default=0.07)
     learn_temperature: bool = setting("learn the temperature", default=False)
     item_residual: bool = setting("a learned per-item residual on the LLM's item encodings", default=True)
-    # training
-    epochs: int = setting("passes over the training examples", default=20)
-    batch_size: int = setting("examples per step (their targets are each other's in-batch negatives)", default=128)
+    # training (the shared fields: rere/trainer/run_settings.py)
+    epochs: int = setting("passes over the training examples (a step of this run is an epoch)", default=20)
+    batch_size: int = setting("examples per optimizer step (their targets are each other's in-batch negatives)",
+                              default=128)
     lr: float = setting("AdamW learning rate of the head", default=1e-3)
-    weight_decay: float = setting("AdamW weight decay", default=0.0)
     random_negatives: int = setting("uniformly drawn negative items per step, shared by the batch", default=512)
     lora_r: int = setting("LoRA rank on the LLM, trained with the head (0 = frozen LLM: user states cached once)",
-                        default=0)
-    lora_alpha: int = setting("LoRA alpha", default=32)
+                          default=0)
     lora_lr: float = setting("learning rate of the LoRA adapters", default=1e-4)
-    train_examples: int | None = setting("train on a seeded random sample of this many training examples "
-                                         "(None: all of them)", default=None)
-    max_history: int = setting("history items per prompt", default=10)
-    max_prompt_tokens: int | None = setting("drop the oldest history items beyond this prompt length", default=None)
-    evaluated_split: str = setting("the split the model will be tested on (never trained on)", default="test")
     # running
-    eval_every: int = setting("validate every N epochs", default=1)
+    eval_every: int = setting("validate every N epochs (0 = only at the end)", default=1)
     eval_examples: int = setting("validation examples (0 = none: the last epoch's head is kept)", default=500)
-    patience: int = setting("stop after this many validations without a better NDCG@10 (0 = never)", default=5)
-    keep_checkpoints: int = setting("checkpoints kept", default=2)
-    seed: int = setting("seed for sampling, negatives and data order", default=0)
-    device: str | None = setting("cpu / cuda (default: cuda when present)", default=None)
+    patience: int = setting("stop after this many validations without a better ndcg@10 (0 = never)", default=5)
+    save_every: int = setting("checkpoint every N epochs (and always at the end)", default=1)
     bf16: bool | None = setting("bfloat16 autocast of the LLM (default: on with CUDA)", default=None)
 
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rere.files import check_format, write_atomically, write_folder_atomically
+from rere.files import check_format, write_folder_atomically, write_json
 from rere.rporec.encoding import POOLINGS
 from rere.rporec.retrieval import DEFAULT_CHUNK_ITEMS, catalog_ranks, topk_items
 
@@ -138,7 +138,7 @@ class RecHead(nn.Module):
             save_file(state, str(staging / "head.safetensors"))
             info = {"format": FORMAT, "version": VERSION, "config": asdict(self.config),
                     "provenance": self.provenance}
-            write_atomically(staging / "head.json", json.dumps(info, indent=2) + "\n")
+            write_json(staging / "head.json", info)
 
         return write_folder_atomically(folder, fill)
 

@@ -24,28 +24,25 @@ The run folder's head is what `rere rporec stage2 --head` and `rere evaluate --m
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from rere.data.dataset import Dataset, sample_examples
-from rere.data.examples import train_sample, training_examples
-from rere.files import write_atomically
+from rere.data.dataset import Dataset
+from rere.data.examples import examples_for
+from rere.files import write_atomically, write_json
 from rere.metrics import identifier_groups, ranking_metrics
 from rere.rporec.config import Stage1Config
 from rere.rporec.encoding import catalog_fingerprint, encode_all, encode_batch, encode_items, model_fingerprint, pad_id
 from rere.rporec.reasoning import ReasoningCache, reasoning_prompter, user_sequence
 from rere.rporec.rec_head import RecHead, RecHeadConfig
-from rere.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_pretrained
-from rere.trainer.config import config_to_dict, save_config
+from rere.trainer.checkpoint import save_pretrained
 from rere.trainer.lora import with_lora
-from rere.trainer.metrics_log import MetricsLog, plot_metrics
-from rere.trainer.validation import record_validation
+from rere.trainer.run_settings import check_run_settings
+from rere.trainer.training_run import RESUMABLE, TrainingRun
 
 PANELS = (("train", "loss"), ("valid", "ndcg@10"), ("valid", "hr@10"), ("train", "format_rate"))
 VALIDATION_KS = (5, 10, 20, 50)
@@ -115,126 +112,142 @@ def head_metrics(head: RecHead, states: torch.Tensor, targets: torch.Tensor, cat
 def train_stage1(model, tokenizer, dataset: Dataset, config: Stage1Config, run_dir, *, resume: bool = False,
                  progress: bool = True, encoder_spec: str | None = None) -> dict:
     """Train a RecHead for `model` on `dataset` into `run_dir` (see the module doc). Returns
-    {"epochs", "best": {"epoch", metrics...} or None, "format_rate", "head": path}."""
-    cfg = config
-    run = Path(run_dir)
-    if not resume and (latest_checkpoint(run) is not None or (run / "metrics.jsonl").exists()):
-        raise FileExistsError(f"{run} holds a stage-1 run: resume it (--resume) or choose another folder")
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
-    run.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run / "config.yaml")
-    torch.manual_seed(cfg.seed)
-    model.to(device).eval()
-    catalog = dataset.catalog
-    base_fingerprint = model_fingerprint(model)
+    {"epochs", "stopped_early", "best": {"epoch", metrics...}, "format_rate", "training_examples",
+    "head": path}, also written to RUN/result.json."""
+    check_run_settings(config)
+    run = TrainingRun(run_dir, config, progress=progress, resumable=RESUMABLE + ("epochs",))
+    run.claim_folder(resume)  # before the trainer writes its caches into it
+    trainer = Stage1Trainer(model, tokenizer, dataset, config, run, encoder_spec)
+    trained = run.train(trainer, resume)
+    result = {"epochs": trained["steps"], "stopped_early": trained["stopped_early"], "best": trained["best"],
+              "format_rate": trainer.train.well_formed, "training_examples": len(trainer.train.examples),
+              "head": str(run.dir / "head")}
+    write_json(run.dir / "result.json", result)
+    return result
 
-    data = training_examples(dataset, cfg.evaluated_split, cfg.max_history)
-    # the same seeded draws as every trainer's (the first N rows would be one or two users)
-    train_examples = train_sample(data.train, cfg.train_examples, cfg.seed)
-    valid_examples = sample_examples(data.valid, cfg.eval_examples, cfg.seed)
-    with autocast():
-        train = build_user_texts(model, tokenizer, dataset, train_examples, cfg, run / "reasonings" / "train",
-                                 do_sample=True, progress=progress, desc="reasoning (train)")
-        valid = build_user_texts(model, tokenizer, dataset, valid_examples, cfg, run / "reasonings" / "valid",
-                                 do_sample=False, progress=progress, desc="reasoning (valid)") if valid_examples else None
-        item_encodings = _cached(run / "item_encodings.safetensors", {"catalog": catalog_fingerprint(catalog),
-                                                                      "encoder": base_fingerprint},
-                                 lambda: encode_items(model, tokenizer, catalog, progress=progress))
-    pad = pad_id(tokenizer)
 
-    head_config = RecHeadConfig(hidden_size=item_encodings.shape[1], num_items=len(catalog), dim=cfg.dim,
-                                pooling=cfg.pooling, temperature=cfg.temperature,
-                                learn_temperature=cfg.learn_temperature, item_residual=cfg.item_residual)
-    head = RecHead(head_config, item_encodings).to(device)
-    groups = torch.as_tensor(identifier_groups(catalog), device=device)
-    parameters = [{"params": list(head.parameters()), "lr": cfg.lr}]
-    frozen = not cfg.lora_r
-    if frozen:  # encode_all runs without gradient: the caller's model is left as it was
-        states = {}
+class Stage1Trainer:
+    """Stage 1 for `TrainingRun` (see `training_run.Trainer`): one step is one epoch over
+    the training users; building it generates and caches the reasonings, item encodings and
+    (frozen LLM) user states."""
+
+    name, unit, panels = "RecHead", "epoch", PANELS
+    shown = {"loss": ".4f"}
+
+    def __init__(self, model, tokenizer, dataset: Dataset, cfg: Stage1Config, run: TrainingRun,
+                 encoder_spec: str | None):
+        self.cfg, self.run, self.tokenizer, self.catalog = cfg, run, tokenizer, dataset.catalog
+        folder, progress, device, autocast = run.dir, run.progress, run.device, run.autocast
+        model.to(device).eval()
+        base_fingerprint = model_fingerprint(model)
+        data = examples_for(dataset, cfg)
+        train_examples, valid_examples = data.train, data.valid
         with autocast():
-            for name, texts in (("train", train), ("valid", valid)):
-                if texts is not None:
-                    states[name] = _cached(run / f"user_states-{name}.safetensors",
-                                           {"encoder": base_fingerprint, "users": _digest(texts.sequences),
-                                            "pooling": cfg.pooling},
-                                           lambda t=texts, n=name: encode_all(model, t.sequences, t.starts,
-                                                                              pooling=cfg.pooling, pad_token_id=pad,
-                                                                              desc=f"user states ({n})" if progress else None))
-    else:
-        model = with_lora(model, cfg.lora_r, cfg.lora_alpha)
-        model.train()
-        parameters.append({"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lora_lr})
-    optimizer = torch.optim.AdamW(parameters, weight_decay=cfg.weight_decay)
-    trained = _Trained(head, model if not frozen else None)
-
-    epoch, state = 0, {"best": None, "bad_evals": 0, "stopped_early": False}
-    if resume and latest_checkpoint(run) is not None:
-        loaded = load_checkpoint(run, model=trained, optimizer=optimizer)
-        epoch = loaded["data_state"]["epoch"]
-        state.update(loaded["extra"])
-    log = MetricsLog(run, resume_step=epoch if resume else None)
-    provenance = {"catalog": catalog_fingerprint(catalog), "encoder": base_fingerprint,
-                  "encoder_spec": encoder_spec}
-    batches_per_epoch = max(1, len(train.examples) // cfg.batch_size)
-
-    def validate_now() -> None:
-        head.eval()
-        valid_states = states["valid"] if frozen else None
-        if valid_states is None:  # LoRA: the LLM changed, so did the validation users' states
+            self.train = build_user_texts(model, tokenizer, dataset, train_examples, cfg, folder / "reasonings" / "train",
+                                          do_sample=True, progress=progress, desc="reasoning (train)")
+            self.valid = build_user_texts(model, tokenizer, dataset, valid_examples, cfg,
+                                          folder / "reasonings" / "valid", do_sample=False, progress=progress,
+                                          desc="reasoning (valid)") if valid_examples else None
+            item_encodings = _cached(folder / "item_encodings.safetensors",
+                                     {"catalog": catalog_fingerprint(self.catalog), "encoder": base_fingerprint},
+                                     lambda: encode_items(model, tokenizer, self.catalog, progress=progress))
+        self.pad = pad_id(tokenizer)
+        head_config = RecHeadConfig(hidden_size=item_encodings.shape[1], num_items=len(self.catalog), dim=cfg.dim,
+                                    pooling=cfg.pooling, temperature=cfg.temperature,
+                                    learn_temperature=cfg.learn_temperature, item_residual=cfg.item_residual)
+        self.head = RecHead(head_config, item_encodings).to(device)
+        self.groups = torch.as_tensor(identifier_groups(self.catalog), device=device)
+        parameters = [{"params": list(self.head.parameters()), "lr": cfg.lr}]
+        self.frozen = not cfg.lora_r
+        self.states = {}
+        if self.frozen:  # encode_all runs without gradient: the caller's model is left as it was
             with autocast():
-                valid_states = encode_all(model, valid.sequences, valid.starts, pooling=cfg.pooling, pad_token_id=pad)
-        metrics = head_metrics(head, valid_states, valid.targets, catalog)
-        log.log(epoch, metrics, split="valid")
-        if record_validation(state, metrics, {"epoch": epoch}, cfg.patience):
-            _save_best(head, model, tokenizer, run, provenance, frozen)
+                for name, texts in (("train", self.train), ("valid", self.valid)):
+                    if texts is not None:
+                        self.states[name] = _cached(
+                            folder / f"user_states-{name}.safetensors",
+                            {"encoder": base_fingerprint, "users": _digest(texts.sequences), "pooling": cfg.pooling},
+                            lambda t=texts, n=name: encode_all(model, t.sequences, t.starts, pooling=cfg.pooling,
+                                                               pad_token_id=self.pad,
+                                                               desc=f"user states ({n})" if progress else None))
+        else:
+            model = with_lora(model, cfg)
+            model.train()
+            parameters.append({"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lora_lr})
+        self.model = model
+        self.optimizer = torch.optim.AdamW(parameters, weight_decay=cfg.weight_decay)
+        self.trained = _Trained(self.head, model if not self.frozen else None)
+        self.provenance = {"catalog": catalog_fingerprint(self.catalog), "encoder": base_fingerprint,
+                           "encoder_spec": encoder_spec}
+        self.batches_per_epoch = max(1, len(self.train.examples) // cfg.batch_size)
+        self.total_steps = cfg.epochs
+        self.epoch = 0
 
-    bar = tqdm(total=cfg.epochs, initial=epoch, desc="RecHead", unit="epoch", disable=not progress)
-    while epoch < cfg.epochs and not state["stopped_early"]:
+    def checkpointed(self) -> dict:
+        return {"model": self.trained, "optimizer": self.optimizer}
+
+    def data_state(self) -> dict:
+        return {"epoch": self.epoch}
+
+    def restore(self, step: int, data_state: dict) -> None:
+        self.epoch = data_state["epoch"]
+
+    def step(self) -> dict:
+        """One epoch: its order and negatives are seeded by (seed, epoch), so a resumed run
+        draws what an uninterrupted one does."""
+        cfg, device, train = self.cfg, self.run.device, self.train
         started = time.perf_counter()
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.epoch)
         order = torch.randperm(len(train.examples), generator=generator)
         total = 0.0
-        head.train()
-        for b in range(batches_per_epoch):
+        self.head.train()
+        for b in range(self.batches_per_epoch):
             batch = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            if frozen:
-                hidden = states["train"][batch].to(device)
+            if self.frozen:
+                hidden = self.states["train"][batch].to(device)
             else:
-                with autocast():
-                    hidden = encode_batch(model, [train.sequences[i] for i in batch], [train.starts[i] for i in batch],
-                                          cfg.pooling, pad)
-            negatives = torch.randint(len(catalog), (cfg.random_negatives,), generator=generator).to(device)
-            loss = sampled_softmax_loss(head, head.user_vectors(hidden), train.targets[batch].to(device), negatives,
-                                        groups)
-            optimizer.zero_grad(set_to_none=True)
+                with self.run.autocast():
+                    hidden = encode_batch(self.model, [train.sequences[i] for i in batch],
+                                          [train.starts[i] for i in batch], cfg.pooling, self.pad)
+            negatives = torch.randint(len(self.catalog), (cfg.random_negatives,), generator=generator).to(device)
+            loss = sampled_softmax_loss(self.head, self.head.user_vectors(hidden), train.targets[batch].to(device),
+                                        negatives, self.groups)
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            self.optimizer.step()
             total += loss.item()
-        epoch += 1
-        if not frozen:  # the adapters moved the LLM: its item encodings follow (no gradient)
-            with autocast():
-                head.item_encodings.copy_(encode_items(model, tokenizer, catalog, progress=False).to(device))
-        metrics = {"loss": total / batches_per_epoch, "epoch_s": time.perf_counter() - started,
-                   "temperature": float(head.temperature), "format_rate": train.well_formed}
-        log.log(epoch, metrics)
-        bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-        bar.update(1)
-        if valid is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-            validate_now()
-        elif valid is None:
-            _save_best(head, model, tokenizer, run, provenance, frozen)
-            state["best"] = {"epoch": epoch}
-        save_checkpoint(run, step=epoch, model=trained, optimizer=optimizer, data_state={"epoch": epoch},
-                        config=config_to_dict(cfg), extra=state, keep=cfg.keep_checkpoints)
-    bar.close()
-    log.close()
-    plot_metrics(run / "metrics.jsonl", run / "metrics.png", PANELS)
-    result = {"epochs": epoch, "stopped_early": state["stopped_early"], "best": state["best"],
-              "format_rate": train.well_formed, "training_examples": len(train.examples), "head": str(run / "head")}
-    write_atomically(run / "result.json", json.dumps(result, indent=2) + "\n")
-    return result
+        self.epoch += 1
+        if not self.frozen:  # the adapters moved the LLM: its item encodings follow (no gradient)
+            with self.run.autocast():
+                self.head.item_encodings.copy_(encode_items(self.model, self.tokenizer, self.catalog,
+                                                            progress=False).to(device))
+        return {"loss": total / self.batches_per_epoch, "epoch_s": time.perf_counter() - started,
+                "temperature": float(self.head.temperature), "format_rate": train.well_formed}
+
+    def validate(self) -> dict | None:
+        if self.valid is None:
+            return None
+        self.head.eval()
+        states = self.states.get("valid")
+        if states is None:  # LoRA: the LLM changed, so did the validation users' states
+            with self.run.autocast():
+                states = encode_all(self.model, self.valid.sequences, self.valid.starts, pooling=self.cfg.pooling,
+                                    pad_token_id=self.pad)
+        return head_metrics(self.head, states, self.valid.targets, self.catalog)
+
+    def save_best(self) -> None:
+        """RUN/head (and with LoRA RUN/llm, the merged LLM the head reads: its encoder): a
+        head is what stage 2 and evaluation read."""
+        run = self.run.dir
+        provenance = self.provenance
+        if not self.frozen:
+            save_pretrained(self.model, self.tokenizer, run / "llm")
+            from transformers import AutoModelForCausalLM
+            merged = AutoModelForCausalLM.from_pretrained(run / "llm")
+            provenance = {**provenance, "encoder": model_fingerprint(merged),
+                          "encoder_spec": str((run / "llm").resolve())}
+        self.head.provenance = provenance
+        self.head.save(run / "head")
 
 
 class _Trained(torch.nn.Module):
@@ -245,17 +258,6 @@ class _Trained(torch.nn.Module):
         self.head = head
         if llm is not None:
             self.llm = llm
-
-
-def _save_best(head: RecHead, model, tokenizer, run: Path, provenance: dict, frozen: bool) -> None:
-    """RUN/head (and with LoRA RUN/llm, the merged LLM the head reads: its encoder)."""
-    if not frozen:
-        save_pretrained(model, tokenizer, run / "llm")
-        from transformers import AutoModelForCausalLM
-        merged = AutoModelForCausalLM.from_pretrained(run / "llm")
-        provenance = {**provenance, "encoder": model_fingerprint(merged), "encoder_spec": str((run / "llm").resolve())}
-    head.provenance = provenance
-    head.save(run / "head")
 
 
 def _cached(path: Path, provenance: dict, compute) -> torch.Tensor:

@@ -31,8 +31,8 @@ from rere.rporec.evaluation import check_encoder, recommend
 from rere.rporec.reasoning import generate_reasonings, reasoning_prompter, user_sequence
 from rere.rporec.rec_head import RecHead
 from rere.rporec.rewards import ReasoningGroups, RewardFn, ndcg_of_ranks, rechead_reward
-from rere.trainer.distributed import Distributed, unwrap
-from rere.data.examples import train_sample, training_examples
+from rere.distributed import Distributed, unwrap
+from rere.data.examples import examples_for
 from rere.trainer.grpo_loop import GRPOLoop, Rollout
 from rere.trainer.rewards import total_reward
 
@@ -49,9 +49,8 @@ class Stage2Trainer(GRPOLoop):
             raise ValueError("RPORec stage 2 does not shard the model (fsdp): its frozen encoder is a full copy "
                              "on every rank; use DDP")
         check_encoder(head, model)  # the policy starts as the encoder: the stage-1 LLM
-        data = training_examples(dataset, config.evaluated_split, config.max_history)
-        train = train_sample(data.train, config.train_examples, config.seed)
-        super().__init__(model, tokenizer, train, data.valid[: config.eval_examples], config, run_dir,
+        data = examples_for(dataset, config)
+        super().__init__(model, tokenizer, data.train, data.valid, config, run_dir,
                          dist=dist, progress=progress, temperature=config.temperature)
         self.dataset = dataset
         self.prompter = reasoning_prompter(dataset, tokenizer, config.max_prompt_tokens)

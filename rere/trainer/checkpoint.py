@@ -42,7 +42,7 @@ from safetensors.torch import save_file, save_model
 from torch import nn
 
 from rere.files import check_format, write_atomically, write_folder_atomically
-from rere.trainer.distributed import global_rank, has_sharded_parts, process_group_ready, unwrap
+from rere.distributed import global_rank, has_sharded_parts, process_group_ready, unwrap
 
 FORMAT, VERSION = "rere-checkpoint", 1
 LATEST = "latest"

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import torch
 
-from rere.data.dataset import Dataset, sample_examples
+from rere.data.dataset import Dataset
 from rere.index import CatalogIndex
 from rere.prompts import Prompter, PromptTemplate
 from rere.sampler import beam_search, left_pad, sample
-from rere.trainer.distributed import Distributed, unwrap
-from rere.data.examples import train_sample, training_examples
+from rere.distributed import Distributed, unwrap
+from rere.data.examples import examples_for
 from rere.trainer.grpo_config import GRPOConfig
 from rere.trainer.grpo_loop import GRPOLoop, Rollout, concat_padded
 from rere.trainer.rewards import REWARDS, Groups, RewardFn, total_reward
@@ -40,10 +40,8 @@ class GRPOTrainer(GRPOLoop):
         if unknown and rewards is None:
             raise ValueError(f"unknown reward(s) {unknown}: choose from {sorted(REWARDS)} or pass callables")
         self.rewards = rewards if rewards is not None else [REWARDS[r] for r in config.rewards]
-        data = training_examples(dataset, config.evaluated_split, config.max_history)
-        train = train_sample(data.train, config.train_examples, config.seed)
-        valid = sample_examples(data.valid, config.eval_examples, config.seed)
-        super().__init__(model, tokenizer, train, valid, config, run_dir, dist=dist, progress=progress,
+        data = examples_for(dataset, config)
+        super().__init__(model, tokenizer, data.train, data.valid, config, run_dir, dist=dist, progress=progress,
                          temperature=config.temperature if config.rollout == "sample" else 1.0)
         self.dataset = dataset
         self.prompter = Prompter(dataset.catalog, dataset.category, template, tokenizer, config.max_prompt_tokens)

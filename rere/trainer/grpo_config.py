@@ -1,8 +1,9 @@
 """GRPO settings, as dataclasses of plain defaults (the ReRe reference setup where it has one).
 
-`GRPOSettings` holds what every GRPO trainer here shares (the objective, optimisation,
-data and running: `grpo_loop.GRPOLoop`); `GRPOConfig` adds ReRe's rollouts and rewards
-(`grpo.GRPOTrainer`), `rere.rporec.stage2.Stage2Config` RPORec's.
+`GRPOSettings` holds what every GRPO trainer here shares (rollout sizes, the objective, the
+reference: `grpo_loop.GRPOLoop`) on top of what every trainer shares (`run_settings.py`);
+`GRPOConfig` adds ReRe's rollouts and rewards (`grpo.GRPOTrainer`),
+`rere.rporec.stage2.Stage2Config` RPORec's.
 
 Kept free of torch so that `rere --help` and the CLI's flags load fast.
 """
@@ -11,13 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rere.trainer.config import setting
+from rere.trainer.run_settings import FineTuningSettings
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 REWARD_NAMES = ("rule", "ranking")
 
 
 @dataclass
-class GRPOSettings:
+class GRPOSettings(FineTuningSettings):
     # rollouts
     num_generations: int = setting("G: completions per prompt", default=16)
     prompts_per_step: int = setting("prompts per step over all ranks (ReRe: 32)", default=32)
@@ -33,33 +35,16 @@ class GRPOSettings:
     num_iterations: int = setting("optimizer passes over each rollout batch", default=1)
     micro_batch: int = setting("groups per forward/backward", default=2)
     prefix_sharing: bool = setting("run each prompt once for its whole group (off: one row per completion)",
-                                 default=True)
-    # optimisation
-    lr: float = setting("peak learning rate (ReRe: 1e-5)", default=1e-5)
-    warmup_ratio: float = setting("share of optimizer steps warming up linearly", default=0.03)
-    weight_decay: float = setting("AdamW weight decay", default=0.0)
-    max_grad_norm: float = setting("gradient clipping (ReRe: 0.3)", default=0.3)
+                                   default=True)
+    # optimisation (the shared fields: run_settings.py)
     epochs: float = setting("passes over the training prompts (ReRe: 2)", default=2.0)
-    max_steps: int | None = setting("stop after this many steps (overrides epochs)", default=None)
+    lr: float = setting("peak learning rate (ReRe: 1e-5)", default=1e-5)
+    max_grad_norm: float = setting("gradient clipping by global norm (ReRe: 0.3)", default=0.3)
     lora_r: int = setting("LoRA rank (0 = full fine-tuning); the reference is then the adapter-disabled base",
-                        default=0)
-    lora_alpha: int = setting("LoRA alpha", default=32)
-    fsdp: bool = setting("under torchrun, shard the model over the ranks with FSDP2 (models that do not fit one "
-                       "device) instead of a DDP replica per rank; not with LoRA", default=False)
-    # data
-    max_history: int = setting("history items per prompt", default=10)
-    max_prompt_tokens: int | None = setting("drop the oldest history items beyond this prompt length", default=None)
-    evaluated_split: str = setting("the split the model will be tested on (never trained on)", default="test")
-    train_examples: int | None = setting("train on a seeded random sample of this many training examples "
-                                       "(None: all of them)", default=None)
+                          default=0)
     # running
     eval_every: int = setting("validate every N steps (0 = only at the end)", default=50)
-    eval_examples: int = setting("validation examples per evaluation", default=200)
-    save_every: int = setting("checkpoint every N steps", default=50)
-    keep_checkpoints: int = setting("checkpoints kept", default=2)
-    seed: int = setting("seed for data order and sampling", default=0)
-    device: str | None = setting("cpu / cuda (default: cuda when present)", default=None)
-    bf16: bool | None = setting("bfloat16 autocast (default: on with CUDA)", default=None)
+    save_every: int = setting("checkpoint every N steps (and always at the end)", default=50)
 
 
 @dataclass

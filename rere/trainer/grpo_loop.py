@@ -11,8 +11,9 @@ class does the rest, the same way for both:
 4. the update: the groups packed with their prompt once (`packed_logprobs.py`), the
    reference (and, with several passes, the old policy) scored without gradient the same
    way, then `num_iterations` optimizer steps, micro-batch by micro-batch (`grpo_loss.py`);
-5. metrics, periodic validation (the best model by validation NDCG@10 in best/), atomic
-   checkpoints and an exact `resume`, the metrics plot at the end.
+5. the run around the steps, as for every trainer here (`training_run.TrainingRun`):
+   metrics, periodic validation (the best model by validation NDCG@10 in best/, early
+   stopping with `patience`), atomic checkpoints and an exact `resume`, the metrics plot.
 
 The reference is a frozen copy of the starting model, or with LoRA the adapter-disabled
 base; `ref_sync_every` soft-updates the copy towards the policy.
@@ -25,20 +26,19 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from rere.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_pretrained
-from rere.trainer.config import config_to_dict, save_config
-from rere.trainer.distributed import Distributed, lockstep, no_sync, shard, unwrap, wrap_model
+from rere.trainer.checkpoint import save_pretrained
+from rere.distributed import Distributed, lockstep, no_sync, shard, unwrap, wrap_model
 from rere.trainer.grpo_config import LOSS_TYPES, GRPOSettings
 from rere.trainer.grpo_loss import grpo_loss
 from rere.trainer.lora import with_lora
-from rere.trainer.metrics_log import DEFAULT_PANELS, MetricsLog, plot_metrics
+from rere.trainer.metrics_log import DEFAULT_PANELS
 from rere.trainer.packed_logprobs import CompletionScorer, pack_groups
 from rere.trainer.rewards import group_advantages
+from rere.trainer.run_settings import check_run_settings
+from rere.trainer.training_run import RESUMABLE, TrainingRun
 
 
 @dataclass
@@ -58,31 +58,30 @@ class Rollout:
 
 class GRPOLoop:
     """`run()` does the steps, `step()` one of them; subclasses define `rollout`,
-    `validate`, `max_completion_length` and may set `panels` (metrics.png)."""
+    `validate`, `max_completion_length` and may set `panels` (metrics.png). The run itself
+    (folder, resume, validation -> best/, checkpoints) is `self.training`'s."""
 
-    name = "GRPO"
+    name, unit = "GRPO", "step"
     panels = DEFAULT_PANELS
+    shown = {"reward": ".3f", "kl": ".2e"}
+    # A GRPO run may be extended on resume (more steps or epochs; the cosine then spans the new length).
+    resumable = RESUMABLE + ("max_steps", "epochs")
 
     def __init__(self, model, tokenizer, examples: list, valid: list, config: GRPOSettings, run_dir, *,
                  dist: Distributed | None = None, progress: bool = True, temperature: float = 1.0):
-        self.config, self.dist, self.tokenizer = config, dist or Distributed(), tokenizer
-        self.run_dir, self.progress = Path(run_dir), progress and self.dist.is_main
+        check_run_settings(config)
         if config.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {config.loss_type!r}")
         if not examples:
             raise ValueError("no training examples")
-        if config.fsdp and config.lora_r:
-            raise ValueError("fsdp and lora_r together are not supported: LoRA trains few weights, use DDP")
+        self.training = TrainingRun(run_dir, config, dist=dist, progress=progress, resumable=self.resumable)
+        self.config, self.dist, self.device, self.tokenizer = config, self.training.dist, self.training.device, tokenizer
         if config.fsdp and config.prompts_per_step % self.dist.world_size:
             # sharded forwards are collectives: every rank must update the same number of groups
             raise ValueError(f"fsdp needs prompts_per_step ({config.prompts_per_step}) divisible by the "
                              f"{self.dist.world_size} ranks")
-        torch.manual_seed(config.seed)
-        self.device = self.dist.device
-        # fp32 weights, bf16 autocast: AdamW's 1e-5-sized updates would round away in bf16 weights.
-        self.use_bf16 = config.bf16 if config.bf16 is not None else self.device.type == "cuda"
         if config.lora_r:
-            model = with_lora(model, config.lora_r, config.lora_alpha)
+            model = with_lora(model, config)
         self.model = model.to(self.device)
         self.examples, self.valid = examples, valid
         self.reference = None
@@ -97,8 +96,7 @@ class GRPOLoop:
         from transformers import get_cosine_schedule_with_warmup
         updates = self.total_steps * config.num_iterations
         self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, math.ceil(config.warmup_ratio * updates), updates)
-        self.step_index, self.best = 0, {"ndcg@10": -1.0, "step": 0}
-        self.log = None
+        self.step_index = 0
 
     # -- what a trainer defines --------------------------------------------------------------
 
@@ -206,7 +204,7 @@ class GRPOLoop:
         return lockstep(self.policy, self.dist)
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
+        return self.training.autocast()
 
     def frozen_model(self):
         """A context giving the model the reference scores with: the frozen copy, or (LoRA)
@@ -235,60 +233,24 @@ class GRPOLoop:
             for ref, cur in zip(self.reference.model.parameters(), unwrap(self.model).parameters()):
                 ref.mul_(1 - cfg.ref_sync_alpha).add_(cur.detach().to(ref.dtype), alpha=cfg.ref_sync_alpha)
 
-    # -- the run ------------------------------------------------------------------------------
+    # -- the run (training_run.Trainer) ---------------------------------------------------------
 
     def run(self, resume: bool = False) -> dict:
-        cfg = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume and (latest_checkpoint(self.run_dir) is not None or (self.run_dir / "metrics.jsonl").exists()):
-            raise FileExistsError(f"{self.run_dir} holds a training run: resume it (--resume) or choose another folder")
-        if resume and latest_checkpoint(self.run_dir) is None:
-            raise FileNotFoundError(f"resume: {self.run_dir} has no checkpoint to continue from")
-        # Every rank looks at the folder before rank 0 writes into it (else a slower rank
-        # finds rank 0's fresh metrics.jsonl and refuses the run).
-        self.dist.barrier()
-        if resume:
-            state = load_checkpoint(self.run_dir, model=unwrap(self.model), optimizer=self.optimizer,
-                                    scheduler=self.scheduler, extra_models=self._drifting_reference())
-            self.step_index = state["step"]
-            self.best = state["extra"].get("best", self.best)
-        if self.dist.is_main:
-            save_config(cfg, self.run_dir / "config.yaml")
-        self.log = MetricsLog(self.run_dir, enabled=self.dist.is_main, resume_step=self.step_index if resume else None)
-        bar = tqdm(total=self.total_steps, initial=self.step_index, desc=self.name, unit="step",
-                   disable=not self.progress)
-        while self.step_index < self.total_steps:
-            metrics = self.step()
-            self.log.log(self.step_index, metrics, split="train")
-            bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.2e}")
-            bar.update(1)
-            last = self.step_index == self.total_steps
-            if (cfg.eval_every and self.step_index % cfg.eval_every == 0) or last:
-                self._validate()
-            if self.step_index % cfg.save_every == 0 or last:
-                self._save()
-        bar.close()
-        if self.best["ndcg@10"] < 0:  # never validated (no validation examples): best/ is the final model
-            save_pretrained(unwrap(self.model), self.tokenizer, self.run_dir / "best")
-        self.log.close()
-        if self.dist.is_main:
-            plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "metrics.png", self.panels)
-        return {"steps": self.step_index, "best": self.best}
+        """Train to the end; `TrainingRun.train`'s result ({"steps", "best", ...})."""
+        return self.training.train(self, resume)
 
-    def _validate(self) -> None:
-        metrics = self.validate()
-        if metrics is None:
-            return
-        self.log.log(self.step_index, metrics, split="valid")
-        if metrics.get("ndcg@10", -1.0) > self.best["ndcg@10"]:
-            self.best = {"ndcg@10": metrics["ndcg@10"], "step": self.step_index}
-            save_pretrained(unwrap(self.model), self.tokenizer, self.run_dir / "best")  # every rank (FSDP gathers)
+    def checkpointed(self) -> dict:
+        return {"model": unwrap(self.model), "optimizer": self.optimizer, "scheduler": self.scheduler,
+                "extra_models": self._drifting_reference()}
 
-    def _save(self) -> None:
-        save_checkpoint(self.run_dir, step=self.step_index, model=unwrap(self.model), optimizer=self.optimizer,
-                        scheduler=self.scheduler, data_state={"step": self.step_index},
-                        config=config_to_dict(self.config), extra={"best": self.best},
-                        extra_models=self._drifting_reference(), keep=self.config.keep_checkpoints)
+    def data_state(self) -> dict:
+        return {"step": self.step_index}
+
+    def restore(self, step: int, data_state: dict) -> None:
+        self.step_index = step
+
+    def save_best(self) -> None:
+        save_pretrained(unwrap(self.model), self.tokenizer, self.training.best_dir)  # every rank (FSDP gathers)
 
     def _drifting_reference(self) -> dict:
         """The reference must be checkpointed only when soft syncs move it away from --model."""

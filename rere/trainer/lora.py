@@ -7,9 +7,11 @@ so any causal LM architecture gets the same treatment without a list of its laye
 from __future__ import annotations
 
 
-def with_lora(model, r: int, alpha: int, dropout: float = 0.0):
-    """`model` wrapped by peft with rank-`r` adapters (weights of the base frozen)."""
+def with_lora(model, settings):
+    """`model` wrapped by peft with the adapters `settings` (a `RunSettings`: lora_r,
+    lora_alpha, lora_dropout) ask for; the weights of the base are frozen."""
     from peft import LoraConfig, get_peft_model
 
-    return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear",
+    return get_peft_model(model, LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha,
+                                            lora_dropout=settings.lora_dropout, target_modules="all-linear",
                                             task_type="CAUSAL_LM"))

@@ -18,7 +18,9 @@ to 0. The default 1e-4 is for full fine-tuning of a ~135M model at batch 8 (1e-4
 the usual range; the ReRe reference recipe uses 3e-4 at batch 128, with its larger batch);
 LoRA wants more (3e-4..1e-3).
 
-The run folder:
+The run (folder, resume, validation, best/, early stopping, checkpoints, device) is
+`rere.trainer.training_run.TrainingRun`'s, as for every trainer here; SFT adds its step and
+its validation (`SFTTrainer`). The folder:
 
     config.yaml                 the configuration
     metrics.jsonl, tensorboard/ every step: loss, lr, grad_norm, epoch, tokens_per_s, s_per_step;
@@ -29,44 +31,35 @@ The run folder:
                                 final one without validation examples): a plain Hugging Face
                                 folder with the tokenizer, LoRA merged, for `rere evaluate --model`
 
-`resume=True` continues from the latest checkpoint: weights, optimizer, schedule, random
-generators, and the data position {"epoch", "batch"}, so that an interrupted run ends with
-the weights of an uninterrupted one (a folder without a checkpoint starts over). It keeps
+`resume=True` continues from the latest checkpoint, with the data position {"epoch",
+"batch"}, so that an interrupted run ends with the weights of an uninterrupted one. It keeps
 the run's settings, `max_steps` and `train_examples` included: only those of validation,
-checkpoints and the device may change (`_RESUMABLE_CHANGES`). Under torchrun each rank
+checkpoints and the device may change (`training_run.RESUMABLE`). Under torchrun each rank
 takes its own batches (`sft_data.optimizer_steps`) and DDP averages the gradients. Weights
 stay float32; `bf16` autocasts the decoder (the default on CUDA).
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from rere.data.dataset import Dataset, sample_examples
+from rere.data.dataset import Dataset
+from rere.data.examples import examples_for
 from rere.index import CatalogIndex
 from rere.prompts import Prompter, PromptTemplate
-from rere.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_pretrained
-from rere.trainer.config import config_to_dict, save_config
-from rere.trainer.distributed import Distributed, lockstep, no_sync, wrap_model
-from rere.data.examples import train_sample, training_examples
+from rere.trainer.checkpoint import save_pretrained
+from rere.distributed import Distributed, lockstep, no_sync, wrap_model
 from rere.trainer.lora import with_lora
-from rere.trainer.metrics_log import MetricsLog, plot_metrics
 from rere.trainer.packed_logprobs import head_logprobs
-from rere.trainer.sft_config import BEST_METRIC, SFTConfig
+from rere.trainer.run_settings import BEST_METRIC, check_run_settings
+from rere.trainer.sft_config import SFTConfig
 from rere.trainer.sft_data import batch_order, collate, optimizer_steps, steps_per_epoch, tokenize_examples
-from rere.trainer.validation import record_validation, validate_on_ranks
-
-# Fields that may change when resuming: they do not alter the weights a step produces
-# (max_steps does: it sets the schedule's length).
-_RESUMABLE_CHANGES = ("eval_every", "eval_examples", "eval_beams", "patience", "save_every", "keep_checkpoints",
-                      "device")
+from rere.trainer.training_run import TrainingRun
+from rere.trainer.validation import validate_on_ranks
 
 
 class CompletionLoss(nn.Module):
@@ -98,117 +91,106 @@ class CompletionLoss(nn.Module):
 def train_sft(model, tokenizer, dataset: Dataset, config: SFTConfig, run_dir, *, dist: Distributed | None = None,
               resume: bool = False, progress: bool = True, template: PromptTemplate | None = None) -> dict:
     """Fine-tune `model` (in place; wrapped with LoRA adapters when lora_r > 0) on `dataset`
-    as the module docstring says. Returns {"steps", "epochs_done", "stopped_early",
-    "train_loss" (last step), "best": {"step", metrics...} or None, "final": last validation
-    metrics or None}."""
-    cfg = config
-    _check(cfg)
-    run_dir = Path(run_dir)
-    dist = dist or Distributed(device=torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")))
-    device = dist.device
-    checkpoint = latest_checkpoint(run_dir)
-    if not resume and (checkpoint is not None or (run_dir / "metrics.jsonl").exists()):
-        raise FileExistsError(f"{run_dir} holds a training run: resume it (--resume) or choose another folder")
-    dist.barrier()  # every rank has looked at the folder before rank 0 writes into it
-    torch.manual_seed(cfg.seed)  # LoRA's initialisation
-    if cfg.lora_r:
-        model = with_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
-    model.to(device).train()
+    as the module docstring says. Returns `TrainingRun.train`'s {"steps", "stopped_early",
+    "best", "final"} and {"epochs_done", "train_loss" (last step)}."""
+    _check(config)
+    run = TrainingRun(run_dir, config, dist=dist, progress=progress)
+    run.claim_folder(resume)  # before the slow part: tokenising, wrapping the model
+    trainer = SFTTrainer(model, tokenizer, dataset, config, run, template)
+    result = run.train(trainer, resume)
+    return {**result, "epochs_done": trainer.epoch, "train_loss": trainer.loss}
 
-    prompter, index, train, valid = _data(dataset, tokenizer, cfg, template, model.config.vocab_size, dist.is_main)
-    index = index.to(device)
-    lengths, completion_lengths = train.lengths, train.completion_lengths
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    loss_fn = wrap_model(CompletionLoss(model), dist, fsdp=cfg.fsdp)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    per_epoch = steps_per_epoch(-(-len(train) // cfg.batch_size), dist.world_size, cfg.grad_accum)
-    if per_epoch == 0:
-        raise ValueError(f"{len(train)} training examples make no batch for each of {dist.world_size} ranks")
-    total = cfg.epochs * per_epoch  # the run's steps, which the schedule spans
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
-    from transformers import get_cosine_schedule_with_warmup
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total), total)
+class SFTTrainer:
+    """SFT's step and validation for `TrainingRun` (see `training_run.Trainer`)."""
 
-    step, epoch, position = 0, 0, 0
-    state = {"best": None, "bad_evals": 0, "stopped_early": False, "evaluated": -1, "final": None}
-    saved = -1
-    if checkpoint is not None:
-        loaded = load_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler)
-        _check_resumable(loaded["config"], cfg, loaded["data_state"], len(train), checkpoint)
-        step = saved = loaded["step"]
-        epoch, position = loaded["data_state"]["epoch"], loaded["data_state"]["batch"]
-        state.update(loaded["extra"])
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-    # Resuming drops what the interrupted run logged after its checkpoint (everything, without one).
-    log = MetricsLog(run_dir, enabled=dist.is_main, resume_step=step if resume else None)
-    use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
-    bar = tqdm(total=total, initial=min(step, total), desc="SFT", unit="step", disable=not (progress and dist.is_main))
+    name, unit = "SFT", "step"
+    panels = (("train", "loss"), ("valid", BEST_METRIC))
+    shown = {"loss": ".4f", "lr": ".2e"}
 
-    def evaluate_now() -> None:
-        metrics = validate_on_ranks(model, tokenizer, index, dataset.catalog, prompter, valid, dist, num_beams=cfg.eval_beams,
-                                    batch_size=cfg.batch_size, local=lambda: lockstep(loss_fn, dist))
-        log.log(step, metrics, split="valid")
-        state["evaluated"], state["final"] = step, metrics
-        if record_validation(state, metrics, {"step": step}, cfg.patience, BEST_METRIC):
-            save_pretrained(model, tokenizer, run_dir / "best")  # every rank: a sharded model is gathered
+    def __init__(self, model, tokenizer, dataset: Dataset, cfg: SFTConfig, run: TrainingRun,
+                 template: PromptTemplate | None):
+        self.cfg, self.run, self.dist, self.tokenizer, self.catalog = cfg, run, run.dist, tokenizer, dataset.catalog
+        if cfg.lora_r:
+            model = with_lora(model, cfg)
+        self.model = model.to(run.device).train()
+        self.prompter, index, self.train, self.valid = _data(dataset, tokenizer, cfg, template,
+                                                             model.config.vocab_size, self.dist.is_main)
+        self.index = index.to(run.device)
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.loss_fn = wrap_model(CompletionLoss(model), self.dist, fsdp=cfg.fsdp)
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        per_epoch = steps_per_epoch(-(-len(self.train) // cfg.batch_size), self.dist.world_size, cfg.grad_accum)
+        if per_epoch == 0:
+            raise ValueError(f"{len(self.train)} training examples make no batch for each of "
+                             f"{self.dist.world_size} ranks")
+        self.total_steps = cfg.epochs * per_epoch  # the run's steps, which the schedule spans
+        if cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        from transformers import get_cosine_schedule_with_warmup
+        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, math.ceil(cfg.warmup_ratio * self.total_steps),
+                                                         self.total_steps)
+        self.epoch, self.position = 0, 0  # the next optimizer step's epoch and first batch
+        self.loss = math.nan
+        self._epoch_steps = None  # this epoch's optimizer steps still to take: [(end, micro-steps)]
 
-    def save() -> None:
-        save_checkpoint(run_dir, step=step, model=model, optimizer=optimizer, scheduler=scheduler,
-                        data_state={"epoch": epoch, "batch": position, "examples": len(train)},
-                        config=config_to_dict(cfg), extra=state, keep=cfg.keep_checkpoints)
+    def checkpointed(self) -> dict:
+        return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler}
 
-    loss = math.nan
+    def data_state(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.position, "examples": len(self.train)}
 
-    def finished() -> bool:
-        return step >= total or state["stopped_early"]
+    def restore(self, step: int, data_state: dict) -> None:
+        if data_state.get("examples") != len(self.train):
+            raise ValueError(f"the checkpoint of step {step} was trained on {data_state.get('examples')} examples, "
+                             f"the data now gives {len(self.train)}: resume on the same dataset")
+        self.epoch, self.position = data_state["epoch"], data_state["batch"]
 
-    while epoch < cfg.epochs and not finished():
-        batches = batch_order(lengths, cfg.batch_size, cfg.seed, epoch)
-        for end, micro_steps in optimizer_steps(batches, position, dist.world_size, cfg.grad_accum):
-            if finished():  # checked before a step, so that an epoch's last step still ends the epoch below
-                break
-            started = time.perf_counter()
-            local_loss = _accumulate_gradients(loss_fn, train, micro_steps, completion_lengths, dist, pad, use_bf16)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, cfg.max_grad_norm))
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step, position = step + 1, end
-            loss = dist.mean({"loss": local_loss})["loss"]
-            seconds = time.perf_counter() - started
-            tokens = sum(int(lengths[b].sum()) for micro in micro_steps for b in micro)
-            # tokens_per_s: prompt and completion tokens of all ranks per second of the step.
-            log.log(step, {"loss": loss, "lr": lr, "grad_norm": grad_norm, "epoch": epoch + position / len(batches),
-                           "tokens_per_s": tokens / seconds, "s_per_step": seconds})
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-            bar.update(1)
-            if valid and cfg.eval_every and step % cfg.eval_every == 0:
-                evaluate_now()
-            if step % cfg.save_every == 0:
-                save()
-                saved = step
-        else:
-            epoch, position = epoch + 1, 0
-    bar.close()
+    def step(self) -> dict:
+        started = time.perf_counter()
+        end, micro_steps, batches = self._next_step()
+        local_loss = _accumulate_gradients(self.loss_fn, self.train, micro_steps, self.train.completion_lengths,
+                                           self.dist, self.pad, self.run.autocast)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, self.cfg.max_grad_norm))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        epoch = self.epoch + end / batches
+        self.position = end
+        if not self._epoch_steps:  # the epoch is done: the next step starts the next one
+            self.epoch, self.position, self._epoch_steps = self.epoch + 1, 0, None
+        self.loss = self.dist.mean({"loss": local_loss})["loss"]
+        seconds = time.perf_counter() - started
+        tokens = sum(int(self.train.lengths[b].sum()) for micro in micro_steps for b in micro)
+        # tokens_per_s: prompt and completion tokens of all ranks per second of the step.
+        return {"loss": self.loss, "lr": lr, "grad_norm": grad_norm, "epoch": epoch, "tokens_per_s": tokens / seconds,
+                "s_per_step": seconds}
 
-    if valid and state["evaluated"] != step:
-        evaluate_now()
-    if saved != step:
-        save()
-    if not valid:
-        save_pretrained(model, tokenizer, run_dir / "best")
-    dist.barrier()
-    log.close()
-    if dist.is_main:
-        plot_metrics(run_dir / "metrics.jsonl", run_dir / "metrics.png", panels=(("train", "loss"), ("valid", BEST_METRIC)))
-    return {"steps": step, "epochs_done": epoch, "stopped_early": state["stopped_early"], "train_loss": loss,
-            "best": state["best"], "final": state["final"]}
+    def _next_step(self):
+        """(batches of the epoch consumed after it, its micro-steps, batches in the epoch) of
+        the next optimizer step; an epoch's order is fixed by (seed, epoch)."""
+        while not self._epoch_steps:
+            if self.epoch >= self.cfg.epochs:
+                raise RuntimeError(f"SFT ran out of data after {self.cfg.epochs} epochs")
+            self._batches = batch_order(self.train.lengths, self.cfg.batch_size, self.cfg.seed, self.epoch)
+            self._epoch_steps = list(optimizer_steps(self._batches, self.position, self.dist.world_size,
+                                                     self.cfg.grad_accum))
+            if not self._epoch_steps:
+                self.epoch, self.position = self.epoch + 1, 0
+        end, micro_steps = self._epoch_steps.pop(0)
+        return end, micro_steps, len(self._batches)
+
+    def validate(self) -> dict | None:
+        if not self.valid:
+            return None
+        return validate_on_ranks(self.model, self.tokenizer, self.index, self.catalog, self.prompter, self.valid,
+                                 self.dist, num_beams=self.cfg.eval_beams, batch_size=self.cfg.batch_size,
+                                 local=lambda: lockstep(self.loss_fn, self.dist))
+
+    def save_best(self) -> None:
+        save_pretrained(self.model, self.tokenizer, self.run.best_dir)  # every rank: a sharded model is gathered
 
 
 def _data(dataset: Dataset, tokenizer, cfg: SFTConfig, template, vocab_size: int, verbose: bool):
@@ -216,7 +198,7 @@ def _data(dataset: Dataset, tokenizer, cfg: SFTConfig, template, vocab_size: int
     catalog is tokenised once, for both the index and the training completions; training
     uses a seeded sample of `train_examples` rows (all by default), validation a fixed random
     subset of `eval_examples` of the early-stopping examples."""
-    data = training_examples(dataset, cfg.evaluated_split, cfg.max_history)
+    data = examples_for(dataset, cfg)
     if data.warning and verbose:
         print(f"rere sft: {data.warning}")
     prompter = Prompter(dataset.catalog, dataset.category, template, tokenizer, cfg.max_prompt_tokens)
@@ -224,11 +206,10 @@ def _data(dataset: Dataset, tokenizer, cfg: SFTConfig, template, vocab_size: int
                                            context=prompter.template.context)
     index = CatalogIndex.from_flat(completions.tokens, completions.offsets, vocab_size=vocab_size,
                                    metadata={"eos_token_id": completions.eos_token_id})
-    train = tokenize_examples(train_sample(data.train, cfg.train_examples, cfg.seed), prompter, tokenizer, completions)
-    return prompter, index, train, sample_examples(data.valid, cfg.eval_examples, cfg.seed)
+    return prompter, index, tokenize_examples(data.train, prompter, tokenizer, completions), data.valid
 
 
-def _accumulate_gradients(loss_fn, train, micro_steps, completion_lengths, dist, pad, use_bf16) -> float:
+def _accumulate_gradients(loss_fn, train, micro_steps, completion_lengths, dist, pad, autocast) -> float:
     """Forward and backward over one optimizer step's micro-batches (this rank's batch of
     each); returns this rank's share of the step's loss. The loss is scaled so that, once DDP
     has averaged the gradients over ranks, they are those of the mean over all the step's
@@ -240,8 +221,7 @@ def _accumulate_gradients(loss_fn, train, micro_steps, completion_lengths, dist,
     for m, micro in enumerate(micro_steps):
         batch = {k: v.to(device) for k, v in collate(train, micro[dist.rank], pad).items()}
         sync = m == len(micro_steps) - 1
-        with (contextlib.nullcontext() if sync else no_sync(loss_fn)), \
-                torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        with (contextlib.nullcontext() if sync else no_sync(loss_fn)), autocast():
             part = loss_fn(batch["input_ids"], batch["attention_mask"], batch["labels"], dist.world_size / step_tokens)
         part.backward()
         total += float(part.detach())
@@ -249,26 +229,7 @@ def _accumulate_gradients(loss_fn, train, micro_steps, completion_lengths, dist,
 
 
 def _check(cfg: SFTConfig) -> None:
-    for name in ("epochs", "batch_size", "grad_accum", "eval_beams", "save_every", "keep_checkpoints"):
+    check_run_settings(cfg)
+    for name in ("epochs", "batch_size", "grad_accum", "eval_beams"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"SFTConfig.{name} must be >= 1, got {getattr(cfg, name)}")
-    for name in ("eval_every", "eval_examples", "patience", "lora_r"):
-        if getattr(cfg, name) < 0:
-            raise ValueError(f"SFTConfig.{name} must be >= 0, got {getattr(cfg, name)}")
-    if cfg.max_steps is not None and cfg.max_steps < 1:
-        raise ValueError(f"SFTConfig.max_steps must be >= 1 or None, got {cfg.max_steps}")
-    if cfg.fsdp and cfg.lora_r:
-        raise ValueError("SFTConfig: fsdp and lora_r together are not supported: LoRA trains few weights, use DDP")
-
-
-def _check_resumable(saved: dict | None, cfg: SFTConfig, data_state: dict, examples: int, checkpoint: Path) -> None:
-    """Resuming with other settings would not continue the same run: refuse, naming them."""
-    now = config_to_dict(cfg)
-    changed = sorted(f.name for f in dataclasses.fields(cfg)
-                     if f.name not in _RESUMABLE_CHANGES and (saved or {}).get(f.name) != now[f.name])
-    if changed:
-        raise ValueError(f"{checkpoint} was trained with other settings ({', '.join(changed)} differ); "
-                         f"resume with its config.yaml or start another run folder")
-    if data_state.get("examples") != examples:
-        raise ValueError(f"{checkpoint} was trained on {data_state.get('examples')} examples, the data now gives "
-                         f"{examples}: resume on the same dataset")

@@ -15,7 +15,7 @@ from rere.evaluation import rank_prompts
 from rere.index import CatalogIndex
 from rere.metrics import ranking_metrics
 from rere.prompts import Prompter
-from rere.trainer.distributed import Distributed, unwrap
+from rere.distributed import Distributed, unwrap
 
 
 def validate(model: torch.nn.Module, tokenizer, index: CatalogIndex, catalog: Catalog, prompter: Prompter,
