@@ -7,7 +7,9 @@ example, and the metrics of `rere.metrics`.
     rankings.jsonl  one line per example, in split order: {"example": i, "user", "target",
                     "ranked": [item_id or null, ...] (best first; null = empty slot),
                     "scores": [...]}; appended batch by batch and flushed, so an
-                    interrupted run resumes after the last complete line
+                    interrupted run resumes after the last complete line (under
+                    torchrun each rank appends to its own rankings.rank{r}.jsonl,
+                    merged into rankings.jsonl at the end)
     metrics.json    `ranking_metrics` of every example, plus the settings
     metrics.md      the same as a markdown table
 
@@ -29,13 +31,15 @@ from rere.data.training_sequences import item_counts, training_data
 from rere.catalog import Catalog
 from rere.data import Dataset, Example
 from rere.data.dataset import sample_examples
-from rere.files import check_settings, complete_jsonl_lines, write_atomically
+from rere.distributed import Distributed
+from rere.files import check_settings, complete_jsonl_lines, write_atomically, write_json
 from rere.index import CatalogIndex
 from rere.metrics import KS, metrics_table, ranking_metrics
 from rere.prompts import PromptTemplate, Prompter
 from rere.sampler import beam_search, left_pad
 
 DEFAULT_BEAMS = 50
+RANKINGS = "rankings.jsonl"
 CPU_BUDGET_BYTES = 2 << 30  # the CPU has no free-memory query worth trusting: a fixed 2 GiB
 
 
@@ -43,10 +47,11 @@ def evaluate(model, tokenizer, dataset: Dataset, out_dir: str | os.PathLike, spl
              num_beams: int = DEFAULT_BEAMS, batch_size: int | None = None, index: CatalogIndex | None = None,
              template: PromptTemplate | None = None, max_prompt_tokens: int | None = None,
              exclude_history: bool = False, limit: int | None = None, sample_seed: int = 0, name: str = "model",
-             progress: bool = True) -> dict:
+             progress: bool = True, dist: Distributed | None = None) -> dict:
     """Rank `num_beams` items for every example of `split` (`limit` of them drawn with
     `sample_seed`, see `sample_examples`), write the files above and return the metrics.
-    Resumes from `out_dir/rankings.jsonl` if present."""
+    Resumes from `out_dir/rankings.jsonl` if present. Under torchrun (`dist`), each rank
+    ranks a share of the examples with its own copy of the model (`evaluate_rankings`)."""
     examples = sample_examples(dataset.split(split), limit, sample_seed)
     settings = {"name": name, "split": split, "examples": len(examples), "num_beams": num_beams,
                 "limit": limit, "sample_seed": sample_seed if limit is not None else None,
@@ -78,44 +83,87 @@ def evaluate(model, tokenizer, dataset: Dataset, out_dir: str | os.PathLike, spl
         return rank_prompts(model, tokenizer, index, [prompt(i) for i in batch], num_beams, exclude)
 
     return evaluate_rankings(dataset, examples, out_dir, split, settings, rank, sized_batch, name=name,
-                             progress=progress)
+                             progress=progress, dist=dist)
 
 
 def evaluate_rankings(dataset: Dataset, examples: list[Example], out_dir: str | os.PathLike, split: str,
                       settings: dict, rank: Callable[[list[int]], tuple[list[list[int]], list[list[float]]]],
-                      batch_size: int | Callable[[list[int]], int], *, name: str, progress: bool = True) -> dict:
+                      batch_size: int | Callable[[list[int]], int], *, name: str, progress: bool = True,
+                      dist: Distributed | None = None) -> dict:
     """The resumable loop behind every ranking method (ReRe's beam search, RPORec's head):
     `rank(example indices) -> (ranked catalog positions, scores)` per batch, appended to
     `rankings.jsonl`; then `metrics.json` and `metrics.md`. `settings` must match those of
-    a run being resumed. `batch_size` may be a function of the examples still to rank."""
+    a run being resumed. `batch_size` may be a function of the examples still to rank.
+
+    Under torchrun (`dist`) every rank ranks its share of the examples still to rank into
+    its own `rankings.rank{r}.jsonl` (resumable on its own: a resumed run, on any number of
+    ranks, keeps every complete line of every file); at the end rank 0 merges them into one
+    `rankings.jsonl` in split order, as one process would have written it, and writes the
+    metrics. Every rank returns them."""
+    dist = dist or Distributed()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    check_settings(out / "run.json", settings)
-    done = complete_jsonl_lines(out / "rankings.jsonl")
-    todo = [i for i in range(len(examples)) if i not in done]
-    size = batch_size(todo) if callable(batch_size) else batch_size
+    check_settings(out / "run.json", settings)  # every rank: the same content, written atomically
+    own = out / (f"rankings.rank{dist.rank}.jsonl" if dist.enabled else RANKINGS)
+    done = _ranked_so_far(out, own)
+    todo = dist.shard([i for i in range(len(examples)) if i not in done])
+    dist.barrier()  # every rank has read the files before any appends to its own
     catalog = dataset.catalog
-    with open(out / "rankings.jsonl", "a", encoding="utf-8") as sink, \
-            tqdm(total=len(examples), initial=len(examples) - len(todo), desc=f"evaluating {split}", unit="example",
-                 disable=not progress) as bar:
-        for start in range(0, len(todo), size):
-            batch = todo[start:start + size]
-            ranked, scores = rank(batch)
-            for row, i in enumerate(batch):
-                line = ranking_row(i, examples[i], [catalog.ids[p] if p >= 0 else None for p in ranked[row]],
-                                   [round(float(s), 5) if np.isfinite(s) else None for s in scores[row]])
-                sink.write(json.dumps(line, ensure_ascii=False) + "\n")
-            sink.flush()
-            os.fsync(sink.fileno())
-            bar.update(len(batch))
-    lines = complete_jsonl_lines(out / "rankings.jsonl")
+    if todo:
+        size = batch_size(todo) if callable(batch_size) else batch_size
+        shard = f" (rank {dist.rank} of {dist.world_size})" if dist.enabled else ""
+        with open(own, "a", encoding="utf-8") as sink, \
+                tqdm(total=len(todo), desc=f"evaluating {split}{shard}", unit="example",
+                     disable=not (progress and dist.is_main)) as bar:
+            for start in range(0, len(todo), size):
+                batch = todo[start:start + size]
+                ranked, scores = rank(batch)
+                for row, i in enumerate(batch):
+                    line = ranking_row(i, examples[i], [catalog.ids[p] if p >= 0 else None for p in ranked[row]],
+                                       [round(float(s), 5) if np.isfinite(s) else None for s in scores[row]])
+                    sink.write(json.dumps(line, ensure_ascii=False) + "\n")
+                sink.flush()
+                os.fsync(sink.fileno())
+                bar.update(len(batch))
+    dist.barrier()
+    if dist.is_main:
+        _merge_rankings(out, len(examples))
+    dist.barrier()
+    lines = complete_jsonl_lines(out / RANKINGS)
     ranked = [[catalog.index_of(item) if item is not None else -1 for item in lines[i]["ranked"]]
               for i in range(len(examples))]
     metrics = {**split_metrics(catalog, examples, ranked, training_data(dataset, split).sequences),
                "settings": settings}
-    write_atomically(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    write_atomically(out / "metrics.md", metrics_table({name: metrics}, extra=("coverage@10", "invalid_rate")) + "\n")
+    if dist.is_main:
+        write_json(out / "metrics.json", metrics)
+        write_atomically(out / "metrics.md",
+                         metrics_table({name: metrics}, extra=("coverage@10", "invalid_rate")) + "\n")
     return metrics
+
+
+def _ranked_so_far(out: Path, own: Path) -> dict:
+    """The complete lines of rankings.jsonl and of every rank's file, by example; only this
+    rank's own file has a torn last line cut (another rank may be writing its own)."""
+    done = {}
+    for path in [out / RANKINGS, *sorted(out.glob("rankings.rank*.jsonl"))]:
+        done.update(complete_jsonl_lines(path, repair=path == own))
+    return done
+
+
+def _merge_rankings(out: Path, examples: int) -> None:
+    """One rankings.jsonl in split order from the ranks' files (then deleted)."""
+    parts = sorted(out.glob("rankings.rank*.jsonl"))
+    if not parts:
+        return
+    lines = {}
+    for path in [out / RANKINGS, *parts]:
+        lines.update(complete_jsonl_lines(path, repair=False))
+    missing = [i for i in range(examples) if i not in lines]
+    if missing:
+        raise RuntimeError(f"{out}: examples {missing[:5]} were ranked by no rank")
+    write_atomically(out / RANKINGS, [json.dumps(lines[i], ensure_ascii=False) + "\n" for i in range(examples)])
+    for path in parts:
+        path.unlink()
 
 
 def rank_prompts(model, tokenizer, index: CatalogIndex, prompts: list[str], num_beams: int,

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -124,3 +128,42 @@ def test_cli_on_the_shared_amazon_split(tmp_path, shared_path, model_and_tokeniz
     assert all(item in dataset.catalog for line in read_rankings(tmp_path / "eval") for item in line["ranked"])
     assert main(["evaluate", "--data", str(tmp_path / "data"), "--model", str(tmp_path / "nowhere"),
                  "-o", str(tmp_path / "e2")]) == 1
+
+
+def run_cli(args: list[str], ranks: int = 1) -> None:
+    """`rere ...` in a fresh process (two under torchrun), one thread each so that both runs
+    compute the same floats."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable]
+    if ranks > 1:
+        with socket.socket() as probe:  # torchrun's static rendezvous does not take port 0
+            probe.bind(("127.0.0.1", 0))
+            port = str(probe.getsockname()[1])
+        launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", port]
+    result = subprocess.run(launcher + ["-m", "rere.cli", *args], capture_output=True, text=True, env=env,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_ranks_under_torchrun_write_what_one_process_writes(tmp_path, model_and_tokenizer):
+    model, _ = model_and_tokenizer
+    model.save_pretrained(tmp_path / "model")
+    office_dataset(n_examples=9).save(tmp_path / "data")
+    args = ["evaluate", "--data", str(tmp_path / "data"), "--model", str(tmp_path / "model"), "--tokenizer", "qwen2",
+            "--beams", "6", "--batch-size", "1", "--device", "cpu"]
+    run_cli(args + ["-o", str(tmp_path / "one")])
+    one = read_rankings(tmp_path / "one")
+    # A killed two-rank run: rank 1 had ranked example 1 (marked, to see it kept, not redone)
+    # and was writing example 3; rank 0 had nothing.
+    cut = tmp_path / "two"
+    cut.mkdir()
+    (cut / "run.json").write_text((tmp_path / "one" / "run.json").read_text())
+    kept = {**one[1], "scores": [0.5] * len(one[1]["scores"])}
+    (cut / "rankings.rank1.jsonl").write_text(json.dumps(kept) + "\n" + json.dumps(one[3])[:30])
+    run_cli(args + ["-o", str(cut)], ranks=2)
+    two = read_rankings(cut)
+    assert [line["example"] for line in two] == list(range(9))  # one file, in split order
+    assert two[1] == kept and two[:1] + two[2:] == one[:1] + one[2:]
+    assert not list(cut.glob("rankings.rank*"))
+    assert json.loads((cut / "metrics.json").read_text()) == json.loads((tmp_path / "one" / "metrics.json").read_text())

@@ -1,5 +1,7 @@
 """`rere evaluate`: rank items for every example of a prepared split and score them with
 `rere.metrics` (HR@K, NDCG@K, ...), resumable (rere/evaluation.py lists the files).
+Under `torchrun --nproc_per_node N -m rere.cli evaluate ...` each rank ranks a share of the
+examples; the files are those of one process.
 
     --method rere     (default) constrained beam search: --beams items per example
     --method rporec   greedy reasoning by --model, then the RecHead (--head) over the whole
@@ -32,7 +34,8 @@ def register(commands) -> None:
     parser.add_argument("--max-prompt-tokens", type=int, help="drop the oldest history items beyond this prompt length")
     parser.add_argument("--exclude-history", action="store_true", help="never recommend an item of the user's history")
     parser.add_argument("--template", help="prompt template file with {category} and {history} slots")
-    parser.add_argument("--device", help="default: cuda when a GPU is present, else cpu")
+    parser.add_argument("--device", help="default: cuda when a GPU is present, else cpu (under torchrun: each "
+                        "rank's own GPU)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                         help="model dtype (default: bfloat16 on a GPU, float32 on the CPU)")
     parser.add_argument("--name", help="row name in the metrics table (default: the model's name)")
@@ -48,19 +51,21 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from rere.data import Dataset
+    from rere.distributed import init_distributed
     from rere.evaluation import evaluate
     from rere.metrics import metrics_table
     from rere.models import load_model
     from rere.prompts import PromptTemplate
 
     dataset = Dataset.load(args.data)
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
+    dist = init_distributed(args.device)  # under torchrun: one rank per device, each ranks a share
+    args.device = dist.device
+    dtype = getattr(torch, args.dtype or ("bfloat16" if dist.device.type == "cuda" else "float32"))
     model, tokenizer = load_model(args.model, args.tokenizer, dtype)
-    model.to(args.device)
+    model.to(dist.device)
     name = args.name or Path(args.model).name
     if args.method == "rporec":
-        metrics = _evaluate_rporec(args, dataset, model, tokenizer, dtype, name)
+        metrics = _evaluate_rporec(args, dataset, model, tokenizer, dtype, name, dist)
     else:
         if args.head or args.encoder:
             raise ValueError("--head and --encoder are for --method rporec")
@@ -68,12 +73,13 @@ def run(args: argparse.Namespace) -> None:
         metrics = evaluate(model, tokenizer, dataset, args.out, args.split, num_beams=args.beams,
                            batch_size=args.batch_size, template=template, max_prompt_tokens=args.max_prompt_tokens,
                            exclude_history=args.exclude_history, limit=args.limit,
-                           sample_seed=args.sample_seed, name=name)
-    print(metrics_table({name: metrics}, extra=("coverage@10", "invalid_rate")))
-    print(f"wrote {args.out}/metrics.json, metrics.md and rankings.jsonl")
+                           sample_seed=args.sample_seed, name=name, dist=dist)
+    if dist.is_main:
+        print(metrics_table({name: metrics}, extra=("coverage@10", "invalid_rate")))
+        print(f"wrote {args.out}/metrics.json, metrics.md and rankings.jsonl")
 
 
-def _evaluate_rporec(args, dataset, model, tokenizer, dtype, name: str) -> dict:
+def _evaluate_rporec(args, dataset, model, tokenizer, dtype, name: str, dist) -> dict:
     from rere.commands.rporec import encoder_spec
     from rere.models import load_model
     from rere.rporec.evaluation import evaluate_rporec
@@ -94,4 +100,4 @@ def _evaluate_rporec(args, dataset, model, tokenizer, dtype, name: str) -> dict:
                            reasoning=not args.no_reasoning, max_new_tokens=args.max_new_tokens,
                            batch_size=args.batch_size or 16, max_prompt_tokens=args.max_prompt_tokens,
                            exclude_history=args.exclude_history, limit=args.limit,
-                           sample_seed=args.sample_seed, name=name)
+                           sample_seed=args.sample_seed, name=name, dist=dist)

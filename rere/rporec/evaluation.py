@@ -20,6 +20,7 @@ import torch
 
 from rere.data.dataset import Dataset
 from rere.data.dataset import sample_examples
+from rere.distributed import Distributed
 from rere.evaluation import evaluate_rankings
 from rere.rporec.encoding import catalog_fingerprint, encode_all, model_fingerprint, pad_id
 from rere.rporec.reasoning import ReasoningCache, generate_reasonings, reasoning_prompter, user_sequence
@@ -63,10 +64,11 @@ def evaluate_rporec(generator, encoder, tokenizer, head: RecHead, dataset: Datas
                     split: str = "test", *, k: int = 50, reasoning: bool = True, max_new_tokens: int = 128,
                     batch_size: int = 16, max_prompt_tokens: int | None = None, exclude_history: bool = False,
                     limit: int | None = None, sample_seed: int = 0, name: str = "RPORec",
-                    progress: bool = True) -> dict:
+                    progress: bool = True, dist: Distributed | None = None) -> dict:
     """Rank `k` items for every example of `split` (`limit` of them, drawn as
     `rere.data.dataset.sample_examples` draws) and score them; the files and metrics of
-    `rere.evaluation.evaluate`."""
+    `rere.evaluation.evaluate`, under torchrun too (`dist`: each rank caches its own
+    reasonings)."""
     check_encoder(head, encoder)
     catalog = dataset.catalog
     if head.config.num_items != len(catalog) or head.provenance.get("catalog") not in (None, catalog_fingerprint(catalog)):
@@ -79,7 +81,8 @@ def evaluate_rporec(generator, encoder, tokenizer, head: RecHead, dataset: Datas
                 "max_prompt_tokens": max_prompt_tokens, "generator": model_fingerprint(generator),
                 "head": head.provenance, "dataset": dataset.source, "limit": limit,
                 "sample_seed": sample_seed if limit is not None else None}
-    cache = ReasoningCache(os.path.join(out_dir, "reasonings"), settings) if reasoning else None
+    folder = os.path.join(out_dir, "reasonings", *([f"rank{dist.rank}"] if dist is not None and dist.enabled else []))
+    cache = ReasoningCache(folder, settings) if reasoning else None
     device = head.item_encodings.device
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
     items = head.item_vectors()
@@ -99,4 +102,4 @@ def evaluate_rporec(generator, encoder, tokenizer, head: RecHead, dataset: Datas
         return ranked, scores
 
     return evaluate_rankings(dataset, examples, out_dir, split, settings, rank, batch_size, name=name,
-                             progress=progress)
+                             progress=progress, dist=dist)
