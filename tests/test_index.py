@@ -111,6 +111,19 @@ def test_large_token_ids(backend, seqs):
     check_against_reference(BACKENDS[backend](index), ReferenceTrie(seqs), vocab_size=2**31 - 1)
 
 
+def test_from_sequences_takes_lists_tuples_arrays_and_tensors_alike():
+    """Lists and tuples of ints are flattened in C++; anything else by numpy: the same index."""
+    seqs = [[3, 1, 4], [1, 5], [9, 2, 6, 5]]
+    flat = CatalogIndex.from_flat(np.array([3, 1, 4, 1, 5, 9, 2, 6, 5]), np.array([0, 3, 5, 9]), vocab_size=10)
+    for given in (seqs, [tuple(s) for s in seqs], [np.array(s) for s in seqs], [torch.tensor(s) for s in seqs],
+                  (s for s in seqs), [seqs[0], np.array(seqs[1]), tuple(seqs[2])]):
+        index = CatalogIndex.from_sequences(given, vocab_size=10)
+        for a, b in zip(index._trie.arrays().values(), flat._trie.arrays().values()):
+            assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match="item 1: token 1.5 at position 1 is not an int64 integer"):
+        CatalogIndex.from_sequences([[1, 2], [3, 1.5]], vocab_size=10)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     "seqs",

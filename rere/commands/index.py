@@ -42,26 +42,26 @@ def _build(args: argparse.Namespace) -> None:
 
 
 def _info(args: argparse.Namespace) -> None:
-    from rere.index import CatalogIndex
+    from rere.index.index_file import load_trie, trie_stats  # not CatalogIndex: no torch needed here
 
     start = time.perf_counter()
-    index = CatalogIndex.load(args.index)
+    trie, metadata = load_trie(args.index)
     loaded = time.perf_counter() - start
-    stats = index.stats()
+    stats = trie_stats(trie)
     if args.json:
-        print(json.dumps({"path": args.index, "load_seconds": loaded, **stats, "metadata": index.metadata}))
+        print(json.dumps({"path": args.index, "load_seconds": loaded, **stats, "metadata": metadata}))
         return
     fanout = stats["max_fanout_per_depth"]
     rows = [
         ("items", f"{stats['items']:,}"),
         ("nodes", f"{stats['nodes']:,} ({stats['tail_tokens']:,} more tokens on compressed edges)"),
         ("size", f"{stats['bytes'] / 1e6:.1f} MB ({stats['bytes_per_item']:.1f} bytes/item)"),
-        ("vocab size", f"{index.vocab_size:,}"),
+        ("vocab size", f"{trie.vocab_size:,}"),
         ("max depth", f"{stats['max_depth']} tokens"),
         ("max fan-out by depth", " / ".join(f"{f:,}" for f in fanout[:8]) + (" ..." if len(fanout) > 8 else "")),
         ("loaded in", f"{loaded * 1e3:.1f} ms (memory-mapped)"),
     ]
-    rows += [(f"metadata.{k}", json.dumps(v, ensure_ascii=False)) for k, v in index.metadata.items()]
+    rows += [(f"metadata.{k}", json.dumps(v, ensure_ascii=False)) for k, v in metadata.items()]
     width = max(len(k) for k, _ in rows)
     print(args.index)
     for key, value in rows:

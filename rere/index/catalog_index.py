@@ -20,6 +20,7 @@ import torch
 
 from rere import _trie
 from rere.index import tensors as ops
+from rere.index.index_file import load_trie, trie_stats
 from rere.index.tensors import TrieTensors
 
 if TYPE_CHECKING:
@@ -70,11 +71,14 @@ class CatalogIndex:
     ) -> "CatalogIndex":
         """Index token sequences, one per item (include the EOS token where the model ends an
         item with it). `item_ids` default to the positions 0..n-1; duplicates are allowed."""
-        seqs = [np.asarray(s, dtype=np.int64).reshape(-1) for s in seqs]
-        lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-        offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        flat = np.concatenate(seqs) if seqs else np.zeros(0, dtype=np.int64)
+        seqs = seqs if isinstance(seqs, list) else list(seqs)
+        try:  # lists or tuples of ints: flattened in C++, one pass over the tokens
+            flat, offsets = _trie.flatten_sequences(seqs)
+        except TypeError:  # arrays, tensors: each flattened by numpy
+            arrays = [np.asarray(s, dtype=np.int64).reshape(-1) for s in seqs]
+            offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+            np.cumsum(np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays)), out=offsets[1:])
+            flat = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
         return cls.from_flat(flat, offsets, item_ids, vocab_size=vocab_size, metadata=metadata)
 
     @classmethod
@@ -128,14 +132,7 @@ class CatalogIndex:
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> "CatalogIndex":
         """Memory-map an index written by `save` (validated, nothing copied)."""
-        path = os.fspath(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no index file at {path}")
-        trie = _trie.Trie.load(path)
-        try:
-            metadata = json.loads(trie.metadata or "{}")
-        except ValueError as err:  # undecodable bytes or bad JSON
-            raise ValueError(f"{path} is corrupt: its metadata is not valid JSON ({err})") from None
+        trie, metadata = load_trie(path)
         return cls(trie, metadata=metadata).to(device)
 
     # ----------------------------------------------------------------------------- devices
@@ -238,9 +235,7 @@ class CatalogIndex:
 
     def stats(self) -> dict:
         """Items, nodes, edges, tail tokens, bytes (and per item), max fan-out per depth."""
-        st = self._trie.stats()
-        st["bytes_per_item"] = st["bytes"] / max(st["items"], 1)
-        return st
+        return trie_stats(self._trie)
 
     def __repr__(self) -> str:
         return f"CatalogIndex(items={self.num_items:,}, nodes={self._trie.num_nodes:,}, device={self.device})"
