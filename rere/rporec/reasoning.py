@@ -16,8 +16,9 @@ The RecHead reads the prompt and the whole completion (`user_sequence`); the ans
 is the model's own guess, which the head may use or not. RPORec does not need the answer to
 name a catalog item: the head ranks the catalog.
 
-Generation is Hugging Face `generate` (sampling with temperature and top-p, or greedy),
-prompts left-padded with `rere.sampler.left_pad`. `ReasoningCache` appends each batch's
+Generation is `rere.sampler.text_sampling.sample_text` (HF generate's sampling with
+temperature and top-p, or greedy; each prompt prefilled once for its samples), prompts
+left-padded with `rere.sampler.left_pad`. `ReasoningCache` appends each batch's
 reasonings to a JSONL file (text and token ids), so stage 1 generates each prompt's
 reasoning once and an interrupted run resumes after the last complete line.
 """
@@ -36,8 +37,10 @@ from rere.files import check_settings, complete_jsonl_lines
 from rere.prompts import PromptTemplate, Prompter
 from rere.rporec.encoding import pad_id
 from rere.sampler import left_pad
+from rere.sampler.text_sampling import sample_text
 
 THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "<think>", "</think>", "<answer>", "</answer>"
+SAMPLER = "rere.sampler.text_sampling/1"  # recorded with cached reasonings
 REASONING_CONTEXT = f"### Response:\n{THINK_OPEN}\n"
 REASONING_TEMPLATE = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -96,29 +99,27 @@ class Generation:
 def generate_reasonings(model, tokenizer, prompts: list[list[int]], *, num_samples: int = 1,
                         max_new_tokens: int = 128, do_sample: bool = True, temperature: float = 0.7,
                         top_p: float = 1.0, generator_seed: int | None = None) -> list[list[Generation]]:
-    """`num_samples` completions per prompt (token-id lists), through HF `generate` with
-    sampling (or greedy with do_sample=False), stopping at `</answer>`, EOS or the limit."""
+    """`num_samples` completions per prompt (token-id lists), sampled with temperature and
+    top-p (or greedy with do_sample=False) by `rere.sampler.text_sampling.sample_text`: each
+    prompt prefilled once for its samples; stopping at `</answer>`, EOS or the limit.
+    `generator_seed` seeds the draws (default: torch's global generator)."""
     if not prompts:
         return []
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
     pad = pad_id(tokenizer)
     ids, mask = left_pad(prompts, pad)
-    if generator_seed is not None:
-        torch.manual_seed(generator_seed)
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if do_sample else \
-        {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    generator = None if generator_seed is None else torch.Generator(device).manual_seed(generator_seed)
     was_training = model.training
     model.eval()
     try:
-        out = model.generate(ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                             num_return_sequences=num_samples, stop_strings=[ANSWER_CLOSE], tokenizer=tokenizer,
-                             pad_token_id=pad, eos_token_id=eos, **sampling)
+        out = sample_text(model, ids.to(device), mask.to(device), num_samples=num_samples,
+                          max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
+                          eos_token_id=eos, pad_token_id=pad, stop_strings=(ANSWER_CLOSE,), tokenizer=tokenizer,
+                          generator=generator)
     finally:
         model.train(was_training)
-    rows = out[:, ids.shape[1]:].tolist()
-    generations = [_cut(tokenizer, row, eos) for row in rows]
-    return [generations[p * num_samples:(p + 1) * num_samples] for p in range(len(prompts))]
+    return [[_cut(tokenizer, row, eos) for row in rows] for rows in out.rows()]
 
 
 def _cut(tokenizer, row: list[int], eos: int | None) -> Generation:
@@ -157,7 +158,8 @@ class ReasoningCache:
     def __init__(self, folder: str | os.PathLike, settings: dict):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        check_settings(self.folder / "settings.json", settings, "reasonings")
+        # Which sampler drew them: the same seed draws other reasonings with another one.
+        check_settings(self.folder / "settings.json", {**settings, "sampler": SAMPLER}, "reasonings")
         self.path = self.folder / "reasonings.jsonl"
         self.lines = complete_jsonl_lines(self.path)
 
