@@ -21,6 +21,9 @@ import sys
 from rere.commands import baseline, compare, demo, evaluate, index, model, prepare, rporec, sft, sid, train
 
 COMMANDS = (index, prepare, sid, model, evaluate, baseline, compare, sft, train, rporec, demo)  # each registers its subcommand(s)
+# Commands that compute with torch: they take the CPU cores no other process is using
+# (rere/cpu_threads.py has the measurement); the demo says so in its own first line.
+CPU_HEAVY = ("sid", "evaluate", "baseline", "sft", "train", "rporec")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -34,6 +37,9 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
+        if args.command in CPU_HEAVY:
+            from rere.cpu_threads import use_free_cores
+            print(f"rere {args.command}: {use_free_cores()}", file=sys.stderr)
         args.func(args)
     except (OSError, ValueError, KeyError) as err:
         print(f"rere: error: {err}", file=sys.stderr)

@@ -50,3 +50,45 @@ def title_like_catalog(
     tokens[is_eos] = eos_token_id
     tokens[~is_eos] = body
     return tokens, offsets
+
+
+SYLLABLES = ("ka", "lo", "mi", "ren", "tu", "sa", "vel", "dor", "pi", "quin", "zo", "mar", "bel", "tor", "ne", "gal",
+             "fi", "ros", "da", "lum", "ver", "co", "sen", "tal", "mo", "ri", "pan", "xe", "hal", "du")
+NOUNS = ("drill", "saw", "glove", "valve", "pump", "clamp", "cable", "filter", "sensor", "switch", "lamp", "hose",
+         "wrench", "meter", "bolt", "socket", "fan", "brush", "tape", "jack")
+
+
+def titled_dataset(n_items: int, *, n_users: int = 2_000, history: int = 5, items_per_brand: int = 50,
+                   seed: int = 0):
+    """A `rere.data.Dataset` of `n_items` title-like items and user sequences with structure
+    a model can learn, for scale runs: titles are "<brand> <noun> <model number>" (a brand of
+    two or three made-up syllables, ~50 items each); a user follows one brand through its
+    model numbers, so the next item is that brand's next model. Splits "train" (`n_users`
+    users), "valid" and "test" (a tenth as many each), `history` items per example; the
+    number of users does not grow with the catalog, so per-step costs compare across sizes."""
+    from rere.catalog import Catalog
+    from rere.data.dataset import Dataset, Example
+
+    if n_items < items_per_brand:
+        raise ValueError(f"n_items must be at least items_per_brand={items_per_brand}, got {n_items}")
+    rng = np.random.default_rng(seed)
+    brands = -(-n_items // items_per_brand)
+    names, seen = [], set()
+    while len(names) < brands:  # distinct brand names
+        name = "".join(rng.choice(SYLLABLES, size=rng.integers(2, 4))).capitalize()
+        if name not in seen:
+            seen.add(name)
+            names.append(name)
+    nouns = rng.choice(NOUNS, size=n_items)
+    titles = [f"{names[i // items_per_brand]} {nouns[i]} {100 + i % items_per_brand}" for i in range(n_items)]
+    catalog = Catalog.from_lists([f"i{i}" for i in range(n_items)], titles)
+
+    def users(count: int, prefix: str) -> list:
+        brand = rng.integers(0, n_items // items_per_brand, size=count)
+        start = rng.integers(0, items_per_brand - history, size=count)
+        first = brand * items_per_brand + start
+        return [Example(f"{prefix}{u}", tuple(f"i{first[u] + j}" for j in range(history)), f"i{first[u] + history}")
+                for u in range(count)]
+
+    splits = {"train": users(n_users, "u"), "valid": users(n_users // 10, "v"), "test": users(n_users // 10, "t")}
+    return Dataset(catalog, splits, source=f"synthetic:titled:{n_items}:{seed}", category="tool")

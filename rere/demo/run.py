@@ -25,6 +25,8 @@ def run_demo(out, *, gpu: bool = False, model: str | None = None, source: str = 
     starts from with smollm2 (default: SmolLM2-135M-Instruct, see `load_base_model`)."""
     import torch
 
+    from rere.cpu_threads import use_free_cores
+
     if gpu and not torch.cuda.is_available():
         raise ValueError("--gpu needs a CUDA GPU (none found); without --gpu the demo runs its CPU settings")
     settings = settings or preset(model, gpu)
@@ -41,7 +43,7 @@ def run_demo(out, *, gpu: bool = False, model: str | None = None, source: str = 
     origin = {"data": str(Path(data).resolve())} if data is not None else {"source": source}
     check_settings(out / "settings.json", {**origin, **dataclasses.asdict(settings)}, "a demo")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"rere demo: {out}/ on {device} ({torch.get_num_threads()} CPU threads, "
+    print(f"rere demo: {out}/ on {device} ({use_free_cores()}, "
           f"{'bf16' if settings.eval_bf16 else 'fp32'} evaluation), {settings.model} model, "
           f"{'GPU' if gpu else 'CPU'} settings", flush=True)
     started = time.perf_counter()
