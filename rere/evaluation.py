@@ -34,6 +34,7 @@ from rere.data.dataset import sample_examples
 from rere.distributed import Distributed
 from rere.files import check_settings, complete_jsonl_lines, write_atomically, write_json
 from rere.index import CatalogIndex
+from rere.index.catalog_cache import cached_catalog
 from rere.metrics import KS, metrics_table, ranking_metrics
 from rere.prompts import PromptTemplate, Prompter
 from rere.sampler import beam_search, left_pad
@@ -60,8 +61,8 @@ def evaluate(model, tokenizer, dataset: Dataset, out_dir: str | os.PathLike, spl
     device = next(model.parameters()).device
     prompter = Prompter(dataset.catalog, dataset.category, template, tokenizer, max_prompt_tokens)
     if index is None:
-        index = CatalogIndex.from_catalog(dataset.catalog, tokenizer, template=prompter.completion_format,
-                                          context=prompter.template.context, vocab_size=model.config.vocab_size)
+        index = cached_catalog(dataset.catalog, tokenizer, template=prompter.completion_format,
+                               context=prompter.template.context, vocab_size=model.config.vocab_size, dist=dist).index
     index = index.to(device)
     prompts: dict[int, str] = {}
 

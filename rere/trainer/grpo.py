@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from rere.data.dataset import Dataset
-from rere.index import CatalogIndex
+from rere.index.catalog_cache import cached_catalog
 from rere.prompts import Prompter, PromptTemplate
 from rere.sampler import beam_search, left_pad, sample
 from rere.distributed import Distributed, unwrap
@@ -45,9 +45,9 @@ class GRPOTrainer(GRPOLoop):
                          temperature=config.temperature if config.rollout == "sample" else 1.0)
         self.dataset = dataset
         self.prompter = Prompter(dataset.catalog, dataset.category, template, tokenizer, config.max_prompt_tokens)
-        self.index = CatalogIndex.from_catalog(dataset.catalog, tokenizer, template=self.prompter.completion_format,
-                                               context=self.prompter.template.context,
-                                               vocab_size=self.model.config.vocab_size).to(self.device)
+        self.index = cached_catalog(dataset.catalog, tokenizer, template=self.prompter.completion_format,
+                                    context=self.prompter.template.context, vocab_size=self.model.config.vocab_size,
+                                    dist=self.dist).index.to(self.device)
 
     @property
     def max_completion_length(self) -> int:

@@ -49,7 +49,7 @@ from torch import nn
 
 from rere.data.dataset import Dataset
 from rere.data.examples import examples_for
-from rere.index import CatalogIndex
+from rere.index.catalog_cache import cached_catalog
 from rere.prompts import Prompter, PromptTemplate
 from rere.trainer.checkpoint import save_pretrained
 from rere.distributed import Distributed, lockstep, no_sync, wrap_model
@@ -115,7 +115,7 @@ class SFTTrainer:
             model = with_lora(model, cfg)
         self.model = model.to(run.device).train()
         self.prompter, index, self.train, self.valid = _data(dataset, tokenizer, cfg, template,
-                                                             model.config.vocab_size, self.dist.is_main)
+                                                             model.config.vocab_size, self.dist)
         self.index = index.to(run.device)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.loss_fn = wrap_model(CompletionLoss(model), self.dist, fsdp=cfg.fsdp)
@@ -193,20 +193,19 @@ class SFTTrainer:
         save_pretrained(self.model, self.tokenizer, self.run.best_dir)  # every rank: a sharded model is gathered
 
 
-def _data(dataset: Dataset, tokenizer, cfg: SFTConfig, template, vocab_size: int, verbose: bool):
+def _data(dataset: Dataset, tokenizer, cfg: SFTConfig, template, vocab_size: int, dist: Distributed):
     """(prompter, catalog index, tokenised training examples, validation examples). The
-    catalog is tokenised once, for both the index and the training completions; training
-    uses a seeded sample of `train_examples` rows (all by default), validation a fixed random
-    subset of `eval_examples` of the early-stopping examples."""
+    catalog is tokenised once (`rere.index.catalog_cache`: cached, memory-mapped, shared by
+    the ranks) for both the index and the training completions; training uses a seeded
+    sample of `train_examples` rows (all by default), validation a fixed random subset of
+    `eval_examples` of the early-stopping examples."""
     data = examples_for(dataset, cfg)
-    if data.warning and verbose:
+    if data.warning and dist.is_main:
         print(f"rere sft: {data.warning}")
     prompter = Prompter(dataset.catalog, dataset.category, template, tokenizer, cfg.max_prompt_tokens)
-    completions = dataset.catalog.tokenize(tokenizer, template=prompter.completion_format,
-                                           context=prompter.template.context)
-    index = CatalogIndex.from_flat(completions.tokens, completions.offsets, vocab_size=vocab_size,
-                                   metadata={"eos_token_id": completions.eos_token_id})
-    return prompter, index, tokenize_examples(data.train, prompter, tokenizer, completions), data.valid
+    cached = cached_catalog(dataset.catalog, tokenizer, template=prompter.completion_format,
+                            context=prompter.template.context, vocab_size=vocab_size, dist=dist)
+    return prompter, cached.index, tokenize_examples(data.train, prompter, tokenizer, cached.completions), data.valid
 
 
 def _accumulate_gradients(loss_fn, train, micro_steps, completion_lengths, dist, pad, autocast) -> float:
