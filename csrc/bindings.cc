@@ -50,14 +50,22 @@ py::tuple flatten_sequences(const py::list& seqs) {
   py::array_t<int64_t> tokens(static_cast<py::ssize_t>(off[n]));
   int64_t* out = tokens.mutable_data();
   for (size_t i = 0; i < n; ++i) {
-    PyObject* seq = PyList_GET_ITEM(seqs.ptr(), static_cast<Py_ssize_t>(i));
-    PyObject** items = PySequence_Fast_ITEMS(seq);
-    const Py_ssize_t length = PySequence_Fast_GET_SIZE(seq);
+    // A token's __index__ may run Python code that changes the lists: hold references and
+    // re-check the sizes, so that nothing is read or written out of bounds.
+    if (static_cast<size_t>(PyList_GET_SIZE(seqs.ptr())) != n) {
+      throw py::value_error("the list of items changed while it was being read");
+    }
+    const py::object seq = py::reinterpret_borrow<py::object>(PyList_GET_ITEM(seqs.ptr(), static_cast<Py_ssize_t>(i)));
+    const Py_ssize_t length = static_cast<Py_ssize_t>(off[i + 1] - off[i]);
     for (Py_ssize_t j = 0; j < length; ++j) {
-      const long long value = PyLong_AsLongLong(items[j]);
+      if (PySequence_Fast_GET_SIZE(seq.ptr()) != length) {
+        throw py::value_error("item " + std::to_string(i) + " changed while it was being read");
+      }
+      const py::object token = py::reinterpret_borrow<py::object>(PySequence_Fast_ITEMS(seq.ptr())[j]);
+      const long long value = PyLong_AsLongLong(token.ptr());
       if (value == -1 && PyErr_Occurred()) {
         PyErr_Clear();
-        throw py::value_error("item " + std::to_string(i) + ": token " + std::string(py::repr(items[j])) +
+        throw py::value_error("item " + std::to_string(i) + ": token " + std::string(py::repr(token)) +
                               " at position " + std::to_string(j) + " is not an int64 integer");
       }
       out[off[i] + j] = static_cast<int64_t>(value);

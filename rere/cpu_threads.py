@@ -22,13 +22,23 @@ def free_cores(cores: int, busy_elsewhere: float) -> int:
     return max(1, min(cores, cores - round(busy_elsewhere)))
 
 
-def busy_cores_elsewhere(interval: float = 0.2) -> float:
-    """Cores kept busy by other processes during `interval` seconds."""
+def usable_cores() -> set[int]:
+    """The CPUs this process may run on (all of them where the OS cannot say: macOS)."""
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))
+
+
+def busy_cores_elsewhere(interval: float = 0.2, cores: set[int] | None = None) -> float:
+    """Cores of `cores` (default: the usable ones) kept busy by other processes during
+    `interval` seconds. Busy CPUs this process may not use (a container's, taskset's) do not
+    count; a cgroup CPU quota is not read."""
+    cores = usable_cores() if cores is None else cores
     try:
-        total, idle, own = _cpu_ticks()
+        total, idle, own = _cpu_ticks(cores)
         time.sleep(interval)
-        total2, idle2, own2 = _cpu_ticks()
-    except OSError:  # no /proc: the load average (which counts this process too, if busy)
+        total2, idle2, own2 = _cpu_ticks(cores)
+    except (OSError, ValueError):  # no /proc: the load average (which counts this process too, if busy)
         return os.getloadavg()[0]
     ticks = os.sysconf("SC_CLK_TCK") * interval
     busy = ((total2 - total) - (idle2 - idle)) / ticks  # in cores, all processes
@@ -42,22 +52,26 @@ def use_free_cores() -> str:
 
     if os.environ.get("OMP_NUM_THREADS"):
         return f"{_threads(torch.get_num_threads())} (OMP_NUM_THREADS)"
-    cores = len(os.sched_getaffinity(0))
-    busy = busy_cores_elsewhere()
-    threads = free_cores(cores, busy)
+    usable = usable_cores()
+    busy = busy_cores_elsewhere(cores=usable)
+    threads = free_cores(len(usable), busy)
     torch.set_num_threads(threads)
-    return f"{_threads(threads)} ({cores} cores, {busy:.1f} busy with other processes)"
+    return f"{_threads(threads)} ({len(usable)} cores, {busy:.1f} busy with other processes)"
 
 
 def _threads(n: int) -> str:
     return f"{n} CPU thread" + ("s" if n != 1 else "")
 
 
-def _cpu_ticks() -> tuple[int, int, int]:
-    """(all CPUs' ticks, their idle ticks, this process's ticks) since boot."""
+def _cpu_ticks(cores: set[int]) -> tuple[int, int, int]:
+    """(the ticks of `cores`, their idle ticks, this process's ticks) since boot."""
+    total = idle = 0
     with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
+        for line in f:  # cpuN user nice system idle iowait irq softirq steal ...
+            name, *values = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
+                fields = [int(x) for x in values]
+                total, idle = total + sum(fields[:8]), idle + fields[3] + fields[4]
     with open("/proc/self/stat") as f:
         own = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
-    # /proc/stat: user nice system idle iowait irq softirq steal ...; /proc/self/stat: utime, stime
-    return sum(fields[:8]), fields[3] + fields[4], int(own[11]) + int(own[12])
+    return total, idle, int(own[11]) + int(own[12])  # utime + stime

@@ -57,6 +57,15 @@ class Distributed:
         torch_dist.all_reduce(values)
         return dict(zip(keys, (values / self.world_size).tolist()))
 
+    def agree(self, error: BaseException | None, what: str) -> None:
+        """Every rank reports whether `what` failed on it; all raise if one did (this rank its
+        own error), so that none waits forever at a later collective. A barrier too."""
+        failed = self.mean({"failed": float(error is not None)})["failed"]
+        if error is not None:
+            raise error
+        if failed > 0:
+            raise RuntimeError(f"{what} failed on another rank (see its error)")
+
     def sum(self, value: float) -> float:
         if not self.enabled:
             return float(value)

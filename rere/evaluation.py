@@ -110,26 +110,20 @@ def evaluate_rankings(dataset: Dataset, examples: list[Example], out_dir: str | 
     todo = dist.shard([i for i in range(len(examples)) if i not in done])
     dist.barrier()  # every rank has read the files before any appends to its own
     catalog = dataset.catalog
-    if todo:
-        size = batch_size(todo) if callable(batch_size) else batch_size
-        shard = f" (rank {dist.rank} of {dist.world_size})" if dist.enabled else ""
-        with open(own, "a", encoding="utf-8") as sink, \
-                tqdm(total=len(todo), desc=f"evaluating {split}{shard}", unit="example",
-                     disable=not (progress and dist.is_main)) as bar:
-            for start in range(0, len(todo), size):
-                batch = todo[start:start + size]
-                ranked, scores = rank(batch)
-                for row, i in enumerate(batch):
-                    line = ranking_row(i, examples[i], [catalog.ids[p] if p >= 0 else None for p in ranked[row]],
-                                       [round(float(s), 5) if np.isfinite(s) else None for s in scores[row]])
-                    sink.write(json.dumps(line, ensure_ascii=False) + "\n")
-                sink.flush()
-                os.fsync(sink.fileno())
-                bar.update(len(batch))
-    dist.barrier()
+    error = None
+    try:
+        if todo:
+            _rank_into(own, todo, examples, catalog, rank, batch_size, split, dist, progress)
+    except Exception as caught:  # raised by `agree`, once every rank knows
+        error = caught
+    dist.agree(error, "ranking")
+    error = None
     if dist.is_main:
-        _merge_rankings(out, len(examples))
-    dist.barrier()
+        try:
+            _merge_rankings(out, len(examples))
+        except Exception as caught:
+            error = caught
+    dist.agree(error, "merging the ranks' rankings")
     lines = complete_jsonl_lines(out / RANKINGS)
     ranked = [[catalog.index_of(item) if item is not None else -1 for item in lines[i]["ranked"]]
               for i in range(len(examples))]
@@ -140,6 +134,26 @@ def evaluate_rankings(dataset: Dataset, examples: list[Example], out_dir: str | 
         write_atomically(out / "metrics.md",
                          metrics_table({name: metrics}, extra=("coverage@10", "invalid_rate")) + "\n")
     return metrics
+
+
+def _rank_into(own: Path, todo: list[int], examples: list[Example], catalog, rank, batch_size, split: str,
+               dist: Distributed, progress: bool) -> None:
+    """Rank the examples `todo`, appending their lines to `own` batch by batch (fsynced)."""
+    size = batch_size(todo) if callable(batch_size) else batch_size
+    shard = f" (rank {dist.rank} of {dist.world_size})" if dist.enabled else ""
+    with open(own, "a", encoding="utf-8") as sink, \
+            tqdm(total=len(todo), desc=f"evaluating {split}{shard}", unit="example",
+                 disable=not (progress and dist.is_main)) as bar:
+        for start in range(0, len(todo), size):
+            batch = todo[start:start + size]
+            ranked, scores = rank(batch)
+            for row, i in enumerate(batch):
+                line = ranking_row(i, examples[i], [catalog.ids[p] if p >= 0 else None for p in ranked[row]],
+                                   [round(float(s), 5) if np.isfinite(s) else None for s in scores[row]])
+                sink.write(json.dumps(line, ensure_ascii=False) + "\n")
+            sink.flush()
+            os.fsync(sink.fileno())
+            bar.update(len(batch))
 
 
 def _ranked_so_far(out: Path, own: Path) -> dict:

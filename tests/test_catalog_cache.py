@@ -52,3 +52,15 @@ def test_the_digest_follows_everything_that_makes_the_tokens(qwen2):
     assert base != catalog_cache.catalog_digest(items, qwen2, '"{title}"\n', "Answer:\n", 151_936)
     renamed = Catalog.from_lists([f"j{i}" for i in range(30)], list(items.identifiers))
     assert base != catalog_cache.catalog_digest(renamed, qwen2, '"{title}"\n', "### Response:\n", 151_936)
+
+
+def test_a_folder_another_process_published_first_is_kept(tmp_path, qwen2):
+    items = catalog()
+    settings = dict(template='"{title}"\n', context="### Response:\n", vocab_size=151_936)
+    folder = tmp_path / catalog_cache.catalog_digest(items, qwen2, settings["template"], settings["context"],
+                                                     settings["vocab_size"])
+    catalog_cache._build(folder, items, qwen2, **settings)
+    first = (folder / "index.rtrie").stat().st_ino
+    catalog_cache._build(folder, items, qwen2, **settings)  # a second process, built at the same time
+    assert (folder / "index.rtrie").stat().st_ino == first  # not replaced under a reader
+    assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name]  # its own copy removed

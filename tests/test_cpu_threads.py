@@ -47,3 +47,10 @@ def test_an_explicit_omp_num_threads_wins(monkeypatch):
         assert "cores" in cpu_threads.use_free_cores() and 1 <= torch.get_num_threads() <= before
     finally:
         torch.set_num_threads(before)
+
+
+def test_cores_are_those_this_process_may_use(monkeypatch):
+    assert cpu_threads.usable_cores() <= set(range(64 * 1024))
+    monkeypatch.delattr(cpu_threads.os, "sched_getaffinity", raising=False)  # macOS
+    assert len(cpu_threads.usable_cores()) == (cpu_threads.os.cpu_count() or 1)
+    assert cpu_threads.busy_cores_elsewhere(0.05, cores=set()) == 0.0  # no CPU of ours: nothing busy on it

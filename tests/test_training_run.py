@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import yaml
+
 import pytest
 import torch
 
@@ -121,6 +123,23 @@ def test_the_folder_is_guarded_and_other_settings_are_refused_on_resume(tmp_path
     result, _ = train(tmp_path / "early", resume=True, steps=2)
     assert result["steps"] == 2
     assert [r["step"] for r in read_metrics(tmp_path / "early" / "metrics.jsonl") if r["split"] == "train"] == [1, 2]
+    # Killed before its first metric (RPORec stage 1 writing its caches): only config.yaml.
+    run = TrainingRun(tmp_path / "caches", LineSettings(steps=2), progress=False)
+    run.claim_folder(resume=False)
+    with pytest.raises(FileExistsError, match="resume it"):
+        train(tmp_path / "caches", steps=2)
+    assert train(tmp_path / "caches", resume=True, steps=2)[0]["steps"] == 2
+
+
+def test_a_setting_newer_than_the_checkpoint_counts_as_its_default(tmp_path):
+    train(tmp_path, steps=2)
+    checkpoint = tmp_path / "checkpoint-0000002" / "config.yaml"
+    saved = yaml.safe_load(checkpoint.read_text())
+    del saved["lora_dropout"]  # a checkpoint written before the field existed
+    checkpoint.write_text(yaml.safe_dump(saved))
+    assert train(tmp_path, resume=True, steps=2)[0]["steps"] == 2  # lora_dropout 0.0 then and now
+    with pytest.raises(ValueError, match=r"\(lora_dropout differ\)"):
+        train(tmp_path, resume=True, steps=2, lora_dropout=0.1)
 
 
 def test_early_stopping_and_a_run_without_validation(tmp_path):
@@ -133,3 +152,4 @@ def test_early_stopping_and_a_run_without_validation(tmp_path):
     result, trainer = train(tmp_path / "plain", validation=False)
     assert result["best"] == {"step": 6} and trainer.saved_best == [6]  # best/ is the final model
     assert describe_best(result) == "no validation examples: best/ is the final model"
+    assert describe_best(result, "epoch", "RUN/head") == "no validation examples: RUN/head is the final model"

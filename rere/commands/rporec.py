@@ -69,7 +69,7 @@ def run_stage1(args: argparse.Namespace) -> None:
     spec = args.model if args.model == "smollm2" else str(Path(args.model).resolve())
     result = train_stage1(model, tokenizer, Dataset.load(args.data), config, args.out, resume=args.resume,
                           encoder_spec=spec)
-    print(f"trained the RecHead for {result['epochs']} epochs ({describe_best(result, 'epoch')}; well-formed "
+    print(f"trained the RecHead for {result['epochs']} epochs ({describe_best(result, 'epoch', 'RUN/head')}; well-formed "
           f"reasoning {result['format_rate']:.0%}); wrote {result['head']}")
 
 

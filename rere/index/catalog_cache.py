@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import numpy as np
 
 from rere.catalog import Catalog, TokenizedCatalog
 from rere.distributed import Distributed
-from rere.files import rere_cache, write_folder_atomically
+from rere.files import rere_cache
 from rere.index.catalog_index import CatalogIndex
 
 FORMAT = 1  # of the folder; a new layout gets a new digest
@@ -46,10 +48,11 @@ def cached_catalog(catalog: Catalog, tokenizer, *, template: str, context: str, 
             _build(folder, catalog, tokenizer, template, context, vocab_size)
         except Exception as caught:  # raised below, once the other ranks know
             error = caught
-    # Doubles as the barrier: every rank waits for rank 0's build, and hears if it failed.
-    if dist.mean({"failed": float(error is not None)})["failed"] > 0:
-        raise error or RuntimeError("tokenising the catalog failed on rank 0 (see its error)")
+    dist.agree(error, "tokenising the catalog")  # every rank waits for rank 0's build, and hears if it failed
     info = json.loads((folder / "info.json").read_text())
+    if info["eos_token_id"] != tokenizer.eos_token_id:  # the digest covers it; a hand-edited folder would not
+        raise ValueError(f"{folder} was tokenised with EOS {info['eos_token_id']}, this tokenizer's is "
+                         f"{tokenizer.eos_token_id}: delete the folder")
     completions = TokenizedCatalog(np.load(folder / "tokens.npy", mmap_mode="r"),
                                    np.load(folder / "offsets.npy", mmap_mode="r"), info["eos_token_id"],
                                    info["vocab_size"])
@@ -66,19 +69,28 @@ def _build(folder: Path, catalog: Catalog, tokenizer, template: str, context: st
                                    metadata={"catalog_items": len(catalog), "template": template, "context": context,
                                              "eos_token_id": completions.eos_token_id})
 
-    def fill(staging: Path) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
         np.save(staging / "tokens.npy", completions.tokens)
         np.save(staging / "offsets.npy", completions.offsets)
         index.save(staging / "index.rtrie")
         (staging / "info.json").write_text(json.dumps({  # written last: a folder with it is whole
             "format": FORMAT, "items": len(catalog), "eos_token_id": completions.eos_token_id,
             "vocab_size": completions.vocab_size, "template": template, "context": context}) + "\n")
-
-    write_folder_atomically(folder, fill)
+        try:
+            staging.rename(folder)  # published whole, never replacing a folder another process may be reading
+        except OSError:
+            if not (folder / "info.json").exists():  # not another process's copy: a real error
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # ours, when another process published first
 
 
 def catalog_digest(catalog: Catalog, tokenizer, template: str, context: str, vocab_size: int) -> str:
-    digest = hashlib.sha256(f"rere-catalog/{FORMAT}\x00{template}\x00{context}\x00{vocab_size}\x00".encode())
+    # EOS and the added tokens come from the HF wrapper, not the serialised backend.
+    digest = hashlib.sha256(f"rere-catalog/{FORMAT}\x00{template}\x00{context}\x00{vocab_size}\x00"
+                            f"{tokenizer.eos_token_id}\x00{len(tokenizer)}\x00".encode())
     digest.update("\n".join(catalog.ids).encode())
     digest.update(repr(catalog.identifiers).encode())
     digest.update(_tokenizer_text(tokenizer).encode())

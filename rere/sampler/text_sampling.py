@@ -6,8 +6,9 @@ prefill and keeps G copies of its keys and values; here each prompt is prefilled
 its G rows share its cache (`PromptDecoder`, as `rere.sampler.sample` does under a trie),
 so the prefill costs 1/G and every decode step reads the prompt once per prompt.
 
-The distribution is generate's: float32 logits through transformers' own
-`TemperatureLogitsWarper`, `TopKLogitsWarper` and `TopPLogitsWarper` (generate's order),
+The distribution is generate's for these arguments: float32 logits through transformers' own
+`TemperatureLogitsWarper`, `TopKLogitsWarper` and `TopPLogitsWarper` (generate's order;
+a model's generation_config extras, such as a repetition penalty, are not applied),
 softmax, one multinomial draw per row (the first step draws the G rows of a prompt from
 its one prompt row); greedy (`do_sample=False`) takes the argmax. A row stops at EOS, at a
 stop string (transformers' `StopStringCriteria`, over the row's generated tokens), or at
@@ -29,7 +30,7 @@ class TextSamples:
     sequences: torch.Tensor  # int64 [P, G, T]: generated tokens, `pad_token_id` after each row's end
     lengths: torch.Tensor  # int64 [P, G]: tokens of each row, its EOS or stop string included
     logprobs: torch.Tensor  # float32 [P, G, T]: log-prob of each token under the distribution it was drawn
-    # from (after temperature, top-k, top-p; 0 after the end; with greedy, under the tempered softmax)
+    # from (after temperature, top-k, top-p; 0 after the end; with greedy, under the plain softmax)
 
     def rows(self) -> list[list[list[int]]]:
         """The token lists, per prompt and sample."""

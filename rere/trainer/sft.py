@@ -117,6 +117,8 @@ class SFTTrainer:
         self.prompter, index, self.train, self.valid = _data(dataset, tokenizer, cfg, template,
                                                              model.config.vocab_size, self.dist)
         self.index = index.to(run.device)
+        # Arrays over all the examples (properties that rebuild them): taken once, used every step.
+        self.lengths, self.completion_lengths = self.train.lengths, self.train.completion_lengths
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.loss_fn = wrap_model(CompletionLoss(model), self.dist, fsdp=cfg.fsdp)
         self.parameters = [p for p in model.parameters() if p.requires_grad]
@@ -150,7 +152,7 @@ class SFTTrainer:
     def step(self) -> dict:
         started = time.perf_counter()
         end, micro_steps, batches = self._next_step()
-        local_loss = _accumulate_gradients(self.loss_fn, self.train, micro_steps, self.train.completion_lengths,
+        local_loss = _accumulate_gradients(self.loss_fn, self.train, micro_steps, self.completion_lengths,
                                            self.dist, self.pad, self.run.autocast)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, self.cfg.max_grad_norm))
         lr = self.scheduler.get_last_lr()[0]
@@ -163,7 +165,7 @@ class SFTTrainer:
             self.epoch, self.position, self._epoch_steps = self.epoch + 1, 0, None
         self.loss = self.dist.mean({"loss": local_loss})["loss"]
         seconds = time.perf_counter() - started
-        tokens = sum(int(self.train.lengths[b].sum()) for micro in micro_steps for b in micro)
+        tokens = sum(int(self.lengths[b].sum()) for micro in micro_steps for b in micro)
         # tokens_per_s: prompt and completion tokens of all ranks per second of the step.
         return {"loss": self.loss, "lr": lr, "grad_norm": grad_norm, "epoch": epoch, "tokens_per_s": tokens / seconds,
                 "s_per_step": seconds}
@@ -174,7 +176,7 @@ class SFTTrainer:
         while not self._epoch_steps:
             if self.epoch >= self.cfg.epochs:
                 raise RuntimeError(f"SFT ran out of data after {self.cfg.epochs} epochs")
-            self._batches = batch_order(self.train.lengths, self.cfg.batch_size, self.cfg.seed, self.epoch)
+            self._batches = batch_order(self.lengths, self.cfg.batch_size, self.cfg.seed, self.epoch)
             self._epoch_steps = list(optimizer_steps(self._batches, self.position, self.dist.world_size,
                                                      self.cfg.grad_accum))
             if not self._epoch_steps:

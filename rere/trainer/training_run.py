@@ -3,9 +3,9 @@
 A trainer (SFT, the GRPO loop of ReRe and RPORec stage 2, RPORec stage 1) supplies its step
 and its validation, as the `Trainer` protocol below says; `TrainingRun` does the rest:
 
-- the folder: a folder that holds a run is refused unless resuming, a resume with nothing
-  to continue is refused too (a run killed before its first checkpoint starts over);
-  config.yaml; every step's metrics in metrics.jsonl and TensorBoard (`MetricsLog`); the
+- the folder: a folder that holds a run (a config.yaml, metrics or a checkpoint) is refused
+  unless resuming, a resume with nothing to continue is refused too (a run killed before
+  its first checkpoint starts over); config.yaml, written when the run claims the folder; every step's metrics in metrics.jsonl and TensorBoard (`MetricsLog`); the
   plot metrics.png at the end;
 - the device (CUDA when present) and bf16 autocast (on with CUDA; weights stay fp32, since
   AdamW's 1e-5-sized updates would round away in bf16 weights); the seed, set before the
@@ -102,8 +102,6 @@ class TrainingRun:
         metrics or None}."""
         checkpoint = self.claim_folder(resume)
         saved = self._restore(trainer, checkpoint) if checkpoint is not None else -1
-        if self.dist.is_main:
-            save_config(self.settings, self.dir / "config.yaml")
         total = trainer.total_steps
         log = MetricsLog(self.dir, enabled=self.dist.is_main, resume_step=self.step if resume else None)
         bar = tqdm(total=total, initial=min(self.step, total), desc=trainer.name, unit=trainer.unit,
@@ -145,7 +143,9 @@ class TrainingRun:
                 raise ValueError(f"{self.dir} was claimed with resume={self._claimed[0]}, not {resume}")
             return self._claimed[1]
         checkpoint = latest_checkpoint(self.dir)
-        begun = checkpoint is not None or (self.dir / "metrics.jsonl").exists()
+        # config.yaml is written when a run claims its folder: a run killed before its first
+        # checkpoint or metric (stage 1 generating its reasonings) resumes from the start.
+        begun = checkpoint is not None or any((self.dir / name).exists() for name in ("metrics.jsonl", "config.yaml"))
         if begun and not resume:
             raise FileExistsError(f"{self.dir} holds a training run: resume it (--resume) or choose another folder")
         if resume and not begun:
@@ -155,6 +155,7 @@ class TrainingRun:
         self.dist.barrier()
         if self.dist.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.settings, self.dir / "config.yaml")
         self._claimed = (resume, checkpoint)
         return checkpoint
 
@@ -168,9 +169,14 @@ class TrainingRun:
 
     def _check_settings(self, saved: dict | None, checkpoint: Path) -> None:
         """Resuming with other settings would not continue the same run: refuse, naming them."""
-        now = config_to_dict(self.settings)
+        now, saved = config_to_dict(self.settings), saved or {}
+        defaults = config_to_dict(type(self.settings)())  # a field newer than the checkpoint: its default
+
+        def before(name: str):
+            return saved[name] if name in saved else defaults[name]
+
         changed = sorted(f.name for f in dataclasses.fields(self.settings)
-                         if f.name not in self.resumable and (saved or {}).get(f.name) != now[f.name])
+                         if f.name not in self.resumable and before(f.name) != now[f.name])
         if changed:
             raise ValueError(f"{checkpoint} was trained with other settings ({', '.join(changed)} differ); "
                              f"resume with its config.yaml or start another run folder")
@@ -190,10 +196,10 @@ class TrainingRun:
         return self.step
 
 
-def describe_best(result: dict, unit: str = "step") -> str:
-    """How a run's best/ was chosen, for the commands' closing line."""
+def describe_best(result: dict, unit: str = "step", kept: str = "best/") -> str:
+    """How a run's best model (`kept`) was chosen, for the commands' closing line."""
     best = result["best"]
     if best is None or BEST_METRIC not in best:
-        return "no validation examples: best/ is the final model"
+        return f"no validation examples: {kept} is the final model"
     stopped = "stopped early; " if result.get("stopped_early") else ""
     return f"{stopped}best validation {BEST_METRIC} {best[BEST_METRIC]:.4f} at {unit} {best[unit]}"
