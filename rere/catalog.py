@@ -8,6 +8,7 @@ sequences, and maps a finished sequence back to the item's position in the catal
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -186,6 +187,16 @@ class Catalog:
         """Item i as text: its title, or its semantic-ID tokens concatenated."""
         identifier = self.identifiers[i]
         return identifier if isinstance(identifier, str) else "".join(identifier)
+
+    def fingerprint(self) -> str:
+        """A short digest of the items: ids and texts in order (titles quoted, as prompts show
+        them). RecHeads record it (a head scores only the catalog it was trained on) and the
+        tokenised-catalog cache is keyed by it."""
+        digest = hashlib.sha256()
+        for item_id, i in zip(self.ids, range(len(self))):
+            text = f'"{self.text(i)}"' if self.kind == "title" else self.text(i)
+            digest.update(f"{item_id}\t{text}\n".encode())
+        return digest.hexdigest()[:16]
 
     def index_of(self, item_id: str) -> int:
         """Position of the item with this dataset id."""

@@ -91,8 +91,7 @@ def catalog_digest(catalog: Catalog, tokenizer, template: str, context: str, voc
     # EOS and the added tokens come from the HF wrapper, not the serialised backend.
     digest = hashlib.sha256(f"rere-catalog/{FORMAT}\x00{template}\x00{context}\x00{vocab_size}\x00"
                             f"{tokenizer.eos_token_id}\x00{len(tokenizer)}\x00".encode())
-    digest.update("\n".join(catalog.ids).encode())
-    digest.update(repr(catalog.identifiers).encode())
+    digest.update(catalog.fingerprint().encode())
     digest.update(_tokenizer_text(tokenizer).encode())
     return digest.hexdigest()[:24]
 

@@ -129,13 +129,6 @@ def model_fingerprint(model) -> str:
     return digest.hexdigest()[:16]
 
 
-def catalog_fingerprint(catalog) -> str:
-    digest = hashlib.sha256()
-    for item_id, text in zip(catalog.ids, item_texts(catalog)):
-        digest.update(f"{item_id}\t{text}\n".encode())
-    return digest.hexdigest()[:16]
-
-
 def pad_id(tokenizer) -> int:
     """The id to pad with: the tokenizer's pad token, else EOS (SmolLM2's GGUF tokenizer has
     no pad token), else 0; padding is always masked, so its value never matters."""

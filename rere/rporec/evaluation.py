@@ -22,7 +22,7 @@ from rere.data.dataset import Dataset
 from rere.data.dataset import sample_examples
 from rere.distributed import Distributed
 from rere.evaluation import evaluate_rankings
-from rere.rporec.encoding import catalog_fingerprint, encode_all, model_fingerprint, pad_id
+from rere.rporec.encoding import encode_all, model_fingerprint, pad_id
 from rere.rporec.reasoning import ReasoningCache, generate_reasonings, reasoning_prompter, user_sequence
 from rere.rporec.rec_head import RecHead
 
@@ -71,7 +71,7 @@ def evaluate_rporec(generator, encoder, tokenizer, head: RecHead, dataset: Datas
     reasonings)."""
     check_encoder(head, encoder)
     catalog = dataset.catalog
-    if head.config.num_items != len(catalog) or head.provenance.get("catalog") not in (None, catalog_fingerprint(catalog)):
+    if head.config.num_items != len(catalog) or head.provenance.get("catalog") not in (None, catalog.fingerprint()):
         raise ValueError(f"the RecHead was trained on another catalog ({head.config.num_items} items) than "
                          f"{dataset.source}'s ({len(catalog)} items)")
     examples = sample_examples(dataset.split(split), limit, sample_seed)

@@ -36,12 +36,11 @@ from rere.data.examples import examples_for
 from rere.files import write_atomically, write_json
 from rere.metrics import identifier_groups, ranking_metrics
 from rere.rporec.config import Stage1Config
-from rere.rporec.encoding import catalog_fingerprint, encode_all, encode_batch, encode_items, model_fingerprint, pad_id
+from rere.rporec.encoding import encode_all, encode_batch, encode_items, model_fingerprint, pad_id
 from rere.rporec.reasoning import ReasoningCache, reasoning_prompter, user_sequence
 from rere.rporec.rec_head import RecHead, RecHeadConfig
 from rere.trainer.checkpoint import save_pretrained
 from rere.trainer.lora import with_lora
-from rere.trainer.run_settings import check_run_settings
 from rere.trainer.training_run import RESUMABLE, TrainingRun
 
 PANELS = (("train", "loss"), ("valid", "ndcg@10"), ("valid", "hr@10"), ("train", "format_rate"))
@@ -114,7 +113,6 @@ def train_stage1(model, tokenizer, dataset: Dataset, config: Stage1Config, run_d
     """Train a RecHead for `model` on `dataset` into `run_dir` (see the module doc). Returns
     {"epochs", "stopped_early", "best": {"epoch", metrics...}, "format_rate", "training_examples",
     "head": path}, also written to RUN/result.json."""
-    check_run_settings(config)
     run = TrainingRun(run_dir, config, progress=progress, resumable=RESUMABLE + ("epochs",))
     run.claim_folder(resume)  # before the trainer writes its caches into it
     trainer = Stage1Trainer(model, tokenizer, dataset, config, run, encoder_spec)
@@ -149,7 +147,7 @@ class Stage1Trainer:
                                           folder / "reasonings" / "valid", do_sample=False, progress=progress,
                                           desc="reasoning (valid)") if valid_examples else None
             item_encodings = _cached(folder / "item_encodings.safetensors",
-                                     {"catalog": catalog_fingerprint(self.catalog), "encoder": base_fingerprint},
+                                     {"catalog": self.catalog.fingerprint(), "encoder": base_fingerprint},
                                      lambda: encode_items(model, tokenizer, self.catalog, progress=progress))
         self.pad = pad_id(tokenizer)
         head_config = RecHeadConfig(hidden_size=item_encodings.shape[1], num_items=len(self.catalog), dim=cfg.dim,
@@ -177,7 +175,7 @@ class Stage1Trainer:
         self.model = model
         self.optimizer = torch.optim.AdamW(parameters, weight_decay=cfg.weight_decay)
         self.trained = _Trained(self.head, model if not self.frozen else None)
-        self.provenance = {"catalog": catalog_fingerprint(self.catalog), "encoder": base_fingerprint,
+        self.provenance = {"catalog": self.catalog.fingerprint(), "encoder": base_fingerprint,
                            "encoder_spec": encoder_spec}
         self.batches_per_epoch = max(1, len(self.train.examples) // cfg.batch_size)
         self.total_steps = cfg.epochs

@@ -37,7 +37,6 @@ from rere.trainer.lora import with_lora
 from rere.trainer.metrics_log import DEFAULT_PANELS
 from rere.trainer.packed_logprobs import CompletionScorer, pack_groups
 from rere.trainer.rewards import group_advantages
-from rere.trainer.run_settings import check_run_settings
 from rere.trainer.training_run import RESUMABLE, TrainingRun
 
 
@@ -69,7 +68,6 @@ class GRPOLoop:
 
     def __init__(self, model, tokenizer, examples: list, valid: list, config: GRPOSettings, run_dir, *,
                  dist: Distributed | None = None, progress: bool = True, temperature: float = 1.0):
-        check_run_settings(config)
         if config.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {config.loss_type!r}")
         if not examples:

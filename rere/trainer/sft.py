@@ -55,7 +55,7 @@ from rere.trainer.checkpoint import save_pretrained
 from rere.distributed import Distributed, lockstep, no_sync, wrap_model
 from rere.trainer.lora import with_lora
 from rere.trainer.packed_logprobs import head_logprobs
-from rere.trainer.run_settings import BEST_METRIC, check_run_settings
+from rere.trainer.run_settings import BEST_METRIC
 from rere.trainer.sft_config import SFTConfig
 from rere.trainer.sft_data import batch_order, collate, optimizer_steps, steps_per_epoch, tokenize_examples
 from rere.trainer.training_run import TrainingRun
@@ -230,7 +230,6 @@ def _accumulate_gradients(loss_fn, train, micro_steps, completion_lengths, dist,
 
 
 def _check(cfg: SFTConfig) -> None:
-    check_run_settings(cfg)
     for name in ("epochs", "batch_size", "grad_accum", "eval_beams"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"SFTConfig.{name} must be >= 1, got {getattr(cfg, name)}")

@@ -36,7 +36,7 @@ from rere.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_che
 from rere.trainer.config import config_to_dict, save_config
 from rere.distributed import Distributed
 from rere.trainer.metrics_log import MetricsLog, plot_metrics
-from rere.trainer.run_settings import BEST_METRIC, RunSettings
+from rere.trainer.run_settings import BEST_METRIC, RunSettings, check_run_settings
 from rere.trainer.validation import record_validation
 
 # Settings that may change when resuming: they do not alter the weights a step produces.
@@ -77,6 +77,7 @@ class Trainer(Protocol):
 class TrainingRun:
     def __init__(self, run_dir, settings: RunSettings, *, dist: Distributed | None = None, progress: bool = True,
                  resumable: tuple[str, ...] = RESUMABLE):
+        check_run_settings(settings)
         self.dir, self.settings, self.resumable = Path(run_dir), settings, resumable
         cuda = torch.cuda.is_available()
         self.dist = dist or Distributed(device=torch.device(settings.device or ("cuda" if cuda else "cpu")))
@@ -85,7 +86,7 @@ class TrainingRun:
         self.progress = progress and self.dist.is_main
         self.step = 0
         # Checkpointed with the run: early stopping (record_validation) and the last validation.
-        self.state = {"best": None, "bad_evals": 0, "stopped_early": False, "evaluated": -1, "final": None}
+        self.state = {"best": None, "bad_evals": 0, "stopped_early": False, "final": None}
         self._claimed = None  # (resume, checkpoint) once claim_folder has looked
         torch.manual_seed(settings.seed)
 
@@ -101,7 +102,8 @@ class TrainingRun:
         {unit: step, metrics...} (the step best/ holds), "final": the last validation's
         metrics or None}."""
         checkpoint = self.claim_folder(resume)
-        saved = self._restore(trainer, checkpoint) if checkpoint is not None else -1
+        if checkpoint is not None:
+            self._restore(trainer, checkpoint)
         total = trainer.total_steps
         log = MetricsLog(self.dir, enabled=self.dist.is_main, resume_step=self.step if resume else None)
         bar = tqdm(total=total, initial=min(self.step, total), desc=trainer.name, unit=trainer.unit,
@@ -117,11 +119,8 @@ class TrainingRun:
                 if (self.settings.eval_every and self.step % self.settings.eval_every == 0) or finished:
                     self._validate(trainer, log)
                 if self.step % self.settings.save_every == 0 or finished or self.state["stopped_early"]:
-                    saved = self._save(trainer)
-            if self.state["evaluated"] != self.step:  # e.g. the data ran out before `total`
-                self._validate(trainer, log)
-            if saved != self.step:
-                saved = self._save(trainer)
+                    self._save(trainer)
+            # The last step validated and saved above; a run resumed after its end only returns.
             if self.state["best"] is None:  # never validated: best/ is the final model
                 trainer.save_best()
                 self.state["best"] = {trainer.unit: self.step}
@@ -159,13 +158,12 @@ class TrainingRun:
         self._claimed = (resume, checkpoint)
         return checkpoint
 
-    def _restore(self, trainer: Trainer, checkpoint: Path) -> int:
+    def _restore(self, trainer: Trainer, checkpoint: Path) -> None:
         loaded = load_checkpoint(checkpoint, **trainer.checkpointed())
         self._check_settings(loaded["config"], checkpoint)
         trainer.restore(loaded["step"], loaded["data_state"])
         self.step = loaded["step"]
         self.state.update(loaded["extra"] or {})
-        return self.step
 
     def _check_settings(self, saved: dict | None, checkpoint: Path) -> None:
         """Resuming with other settings would not continue the same run: refuse, naming them."""
@@ -186,14 +184,13 @@ class TrainingRun:
         if metrics is None:
             return
         log.log(self.step, metrics, split="valid")
-        self.state["evaluated"], self.state["final"] = self.step, metrics
+        self.state["final"] = metrics
         if record_validation(self.state, metrics, {trainer.unit: self.step}, self.settings.patience, BEST_METRIC):
             trainer.save_best()  # every rank: a sharded model is gathered
 
-    def _save(self, trainer: Trainer) -> int:
+    def _save(self, trainer: Trainer) -> None:
         save_checkpoint(self.dir, step=self.step, **trainer.checkpointed(), data_state=trainer.data_state(),
                         config=config_to_dict(self.settings), extra=self.state, keep=self.settings.keep_checkpoints)
-        return self.step
 
 
 def describe_best(result: dict, unit: str = "step", kept: str = "best/") -> str:
